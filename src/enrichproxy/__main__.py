@@ -1,0 +1,5 @@
+import sys
+
+from enrichproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,306 @@
+"""Streaming sums per output series, in windows of sample time.
+
+A view maps many input series onto one output series (a group). For each group and window the
+aggregator emits at most one sample, at the window's end, in increasing time order:
+
+* counters: the reset-safe sum. Each input contributes ``offset + value``; a decrease is a reset,
+  which adds the value before the reset to the offset, so the contribution never goes down. An
+  input that ends keeps its contribution, so the output never goes down either. One input alone
+  gives exactly its own value.
+* gauges: the sum of the latest value of each live input.
+* The staleness marker never enters a sum: it ends its input. When every input of a group has
+  ended, the group emits a staleness marker.
+
+Windows are ``(end - interval, end]`` in sample time. A window closes once the newest sample
+time seen (the watermark) passes its end plus the lateness allowance, or once no newer sample
+has arrived for ``idle_flush`` of wall time. A sample for a closed window is late: it is counted
+and left out; for a counter its increase is not lost, the next sample carries it.
+
+Pure: callers pass ``now_ms`` and receive the output samples; nothing here sends or sleeps.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from enrichproxy.model import STALE_NAN, Labels, OutputSample
+
+_NEVER = -(1 << 63)
+
+
+class Observed(enum.IntEnum):
+    """What became of one sample; everything but ACCEPTED is a drop reason."""
+
+    ACCEPTED = 0
+    LATE = 1
+    """Its window was already emitted."""
+    OUT_OF_ORDER = 2
+    """Not newer than the input series' previous sample (a retried batch, or a bad sender)."""
+
+
+@dataclass(frozen=True)
+class AggregationSettings:
+    interval_ms: int
+    lateness_ms: int
+    stale_after_ms: int
+    retention_ms: int
+    idle_flush_ms: int
+
+
+class InputSeries:
+    """One input series' part in one group of one view."""
+
+    __slots__ = (
+        "_agg",
+        "closed_contribution",
+        "closed_live",
+        "group",
+        "is_counter",
+        "last_seen_ms",
+        "last_value",
+        "live",
+        "offset",
+        "pending",
+    )
+
+    def __init__(self, agg: ViewAggregator, group: OutputGroup, is_counter: bool) -> None:
+        self._agg = agg
+        self.group = group
+        self.is_counter = is_counter
+        self.last_seen_ms = _NEVER
+        self.last_value: float | None = None
+        self.offset = 0.0
+        self.live = False
+        # (window, contribution, live) after the last sample of each window not yet emitted.
+        self.pending: list[tuple[int, float, bool]] = []
+        self.closed_contribution = 0.0
+        self.closed_live = False
+
+    def contribution(self) -> float:
+        """What this input adds to its group now (0 for a gauge that has ended)."""
+        if self.last_value is None:
+            return 0.0
+        if self.is_counter:
+            return self.offset + self.last_value
+        return self.last_value if self.live else 0.0
+
+    def observe(self, timestamp_ms: int, value: float) -> Observed:
+        """Apply one sample. The caller has already routed staleness markers to ``end``."""
+        agg = self._agg
+        window = -(-timestamp_ms // agg.interval_ms)
+        if window <= agg.closed_window:
+            agg.late_samples += 1
+            return Observed.LATE
+        if timestamp_ms <= self.last_seen_ms:
+            agg.out_of_order_samples += 1
+            return Observed.OUT_OF_ORDER
+        self.last_seen_ms = timestamp_ms
+        if timestamp_ms > agg.max_timestamp_ms:
+            agg.max_timestamp_ms = timestamp_ms
+        last = self.last_value
+        if self.is_counter:
+            if last is not None and value < last:
+                self.offset += last  # a reset: what was counted before it stays counted
+            contribution = self.offset + value
+        else:
+            contribution = value
+        self.last_value = value
+        self.live = True
+        self._record(window, contribution, True)
+        return Observed.ACCEPTED
+
+    def end(self, timestamp_ms: int) -> Observed:
+        """The input received a staleness marker at ``timestamp_ms``."""
+        agg = self._agg
+        window = -(-timestamp_ms // agg.interval_ms)
+        if window <= agg.closed_window:
+            agg.late_samples += 1
+            return Observed.LATE
+        if timestamp_ms <= self.last_seen_ms:
+            agg.out_of_order_samples += 1
+            return Observed.OUT_OF_ORDER
+        self.last_seen_ms = timestamp_ms
+        if timestamp_ms > agg.max_timestamp_ms:
+            agg.max_timestamp_ms = timestamp_ms
+        self.live = False
+        self._record(window, self.contribution(), False)
+        return Observed.ACCEPTED
+
+    def _record(self, window: int, contribution: float, live: bool) -> None:
+        pending = self.pending
+        if pending and pending[-1][0] == window:
+            pending[-1] = (window, contribution, live)
+        else:
+            pending.append((window, contribution, live))
+            self.group.touch(window)
+
+    def settle(self, window: int) -> None:
+        """Fold the pending state of every window up to ``window`` into the closed state."""
+        pending = self.pending
+        settled = 0
+        for entry in pending:
+            if entry[0] > window:
+                break
+            settled += 1
+            _, self.closed_contribution, self.closed_live = entry
+        if settled:
+            del pending[:settled]
+
+    def closed_value(self) -> float:
+        if self.is_counter or self.closed_live:
+            return self.closed_contribution
+        return 0.0
+
+
+class OutputGroup:
+    """One output series of a view and the inputs that feed it."""
+
+    __slots__ = ("_agg", "emitted_live", "inputs", "label_bytes", "labels", "retired")
+
+    def __init__(self, agg: ViewAggregator, labels: Labels, label_bytes: bytes) -> None:
+        self._agg = agg
+        self.labels = labels
+        self.label_bytes = label_bytes
+        self.inputs: dict[bytes, InputSeries] = {}
+        # Contributions of counter inputs that left the group (forgotten or moved elsewhere).
+        self.retired = 0.0
+        self.emitted_live = False
+
+    def touch(self, window: int) -> None:
+        self._agg.touch(window, self)
+
+    def value_at(self, window: int) -> tuple[float, bool]:
+        """(sum, any input live) once every input is settled up to ``window``."""
+        parts = [self.retired]
+        live = False
+        for series in self.inputs.values():
+            series.settle(window)
+            parts.append(series.closed_value())
+            live = live or series.closed_live
+        return math.fsum(parts), live
+
+
+class ViewAggregator:
+    """All groups of one view."""
+
+    def __init__(
+        self,
+        settings: AggregationSettings,
+        encode_labels: Callable[[Labels], bytes],
+    ) -> None:
+        self.settings = settings
+        self.interval_ms = settings.interval_ms
+        self._encode_labels = encode_labels
+        self.groups: dict[Labels, OutputGroup] = {}
+        self.inputs: dict[bytes, InputSeries] = {}
+        self._open: dict[int, set[OutputGroup]] = {}
+        self.closed_window = _NEVER
+        """Every window up to this one has been emitted."""
+        self.max_timestamp_ms = _NEVER
+        self._watermark_seen_ms = _NEVER
+        self._watermark_moved_at_ms = 0
+        self.late_samples = 0
+        self.out_of_order_samples = 0
+        self.forgotten_inputs = 0
+        """Inputs forgotten after ``retention``: callers holding InputSeries must drop them."""
+
+    def attach(self, input_key: bytes, output_labels: Labels, is_counter: bool) -> InputSeries:
+        """The state of input ``input_key`` in the group of ``output_labels``.
+
+        An input that moves to another group (its metadata changed) leaves its counted total
+        with the old group and counts only its future increases in the new one, so neither
+        output goes down or jumps.
+        """
+        series = self.inputs.get(input_key)
+        if series is not None and series.group.labels == output_labels:
+            series.is_counter = is_counter
+            return series
+        group = self.groups.get(output_labels)
+        if group is None:
+            group = OutputGroup(self, output_labels, self._encode_labels(output_labels))
+            self.groups[output_labels] = group
+        moved = series
+        series = InputSeries(self, group, is_counter)
+        if moved is not None:
+            self._detach(input_key, moved)
+            if moved.last_value is not None:
+                series.last_value = moved.last_value
+                series.last_seen_ms = moved.last_seen_ms
+                series.offset = -moved.last_value if is_counter else 0.0
+        group.inputs[input_key] = series
+        self.inputs[input_key] = series
+        return series
+
+    def _detach(self, input_key: bytes, series: InputSeries) -> None:
+        old_group = series.group
+        if series.is_counter:
+            old_group.retired += series.contribution()
+        del old_group.inputs[input_key]
+        del self.inputs[input_key]
+        if series.live and self.max_timestamp_ms != _NEVER:
+            # The old group's next window must show the input gone (a gauge sum drops it).
+            window = -(-self.max_timestamp_ms // self.interval_ms)
+            old_group.touch(max(self.closed_window + 1, window))
+
+    def touch(self, window: int, group: OutputGroup) -> None:
+        groups = self._open.get(window)
+        if groups is None:
+            self._open[window] = {group}
+        else:
+            groups.add(group)
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._open)
+
+    def flush(self, now_ms: int, final: bool = False) -> list[OutputSample]:
+        """Emit every window that is complete; with ``final``, every open window.
+
+        Also ends inputs not seen for ``stale_after`` and forgets those ended longer than
+        ``retention`` ago (a forgotten counter's total stays with its group).
+        """
+        settings = self.settings
+        if self.max_timestamp_ms != self._watermark_seen_ms:
+            self._watermark_seen_ms = self.max_timestamp_ms
+            self._watermark_moved_at_ms = now_ms
+        self._expire_inputs()
+        idle = now_ms - self._watermark_moved_at_ms >= settings.idle_flush_ms
+        if final or idle:
+            close_through = max(self._open, default=self.closed_window)
+        else:
+            close_through = (self.max_timestamp_ms - settings.lateness_ms) // self.interval_ms
+        out: list[OutputSample] = []
+        for window in sorted(w for w in self._open if w <= close_through):
+            timestamp_ms = window * self.interval_ms
+            for group in self._open.pop(window):
+                value, live = group.value_at(window)
+                if live:
+                    out.append(OutputSample(group.label_bytes, timestamp_ms, value))
+                    group.emitted_live = True
+                elif group.emitted_live:
+                    out.append(OutputSample(group.label_bytes, timestamp_ms, STALE_NAN))
+                    group.emitted_live = False
+        self.closed_window = max(self.closed_window, close_through)
+        self._forget_groups()
+        return out
+
+    def _expire_inputs(self) -> None:
+        settings = self.settings
+        stale_before = self.max_timestamp_ms - settings.stale_after_ms
+        forget_before = self.max_timestamp_ms - settings.retention_ms
+        for input_key, series in list(self.inputs.items()):
+            if series.live and series.last_seen_ms < stale_before:
+                series.live = False
+                window = -(-(series.last_seen_ms + settings.stale_after_ms) // self.interval_ms)
+                series._record(max(window, self.closed_window + 1), series.contribution(), False)
+            elif not series.live and not series.pending and series.last_seen_ms < forget_before:
+                self._detach(input_key, series)
+                self.forgotten_inputs += 1
+
+    def _forget_groups(self) -> None:
+        for labels, group in list(self.groups.items()):
+            if not group.inputs and not group.emitted_live:
+                del self.groups[labels]

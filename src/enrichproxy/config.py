@@ -1,0 +1,478 @@
+"""The YAML configuration, validated once into frozen objects.
+
+Every problem is reported with its YAML path (``views[1].keep[2]: "1bad" is not a valid label
+name``), all of them at once, so ``enrichproxy check`` can list everything wrong in one run.
+Key names are a public contract: keys may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from enrichproxy.codec import DEFAULT_MAX_DECODED_BYTES
+from enrichproxy.durations import parse_duration_ms
+from enrichproxy.errors import ConfigError
+from enrichproxy.model import METRIC_NAME_LABEL, VIEW_LABEL
+from enrichproxy.selector import Selector, parse_selector
+
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_BYTE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+_BYTES_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB)?$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    mongodb_uri: str = "mongodb://127.0.0.1:27017/"
+    database: str = "metrics"
+    collection: str = "pod_metadata"
+    key_label: str = "pod"
+    key_field: str = "pod"
+    fields: tuple[str, ...] = ("service", "team", "tier")
+    drop_key_label: bool = True
+    refresh_interval_ms: int = 30_000
+    on_missing: str = "keep"
+    """keep: forward the series unenriched; drop: count and drop it."""
+    on_conflict: str = "overwrite"
+    """When the series already has an enrichment label: overwrite (the table wins) or keep."""
+    timeout_ms: int = 5_000
+    """Server selection and socket timeout: a reload fails fast instead of hanging 30 s."""
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    name: str
+    keep: tuple[str, ...]
+    match: Selector | None = None
+    interval_ms: int | None = None
+    """Overrides ``aggregation.interval`` for this view."""
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    interval_ms: int = 15_000
+    lateness_ms: int = 30_000
+    """How long after its end a window waits for late samples (in sample time). 30 s covers
+    Prometheus' default 5 s batch deadline plus several retries."""
+    stale_after_ms: int = 300_000
+    """An input series not seen for this long has ended (Prometheus' lookback delta, 5 m)."""
+    retention_ms: int = 3_600_000
+    """How long an ended input's last value is remembered, so a series that comes back within
+    it continues its counter instead of being counted again from zero."""
+    idle_flush_ms: int = 60_000
+    """Wall time without any newer sample after which the open windows are emitted anyway."""
+
+
+@dataclass(frozen=True)
+class RemoteWriteConfig:
+    url: str
+    name: str
+    timeout_ms: int = 30_000
+    max_samples_per_send: int = 2_000
+    shards: int = 4
+    capacity: int = 200_000
+    """Samples queued for this destination before writes are answered 503."""
+    min_backoff_ms: int = 100
+    max_backoff_ms: int = 10_000
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:9201"
+    log_level: str = "info"
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    metadata: MetadataConfig = MetadataConfig()
+    views: tuple[ViewConfig, ...] = ()
+    aggregation: AggregationConfig = AggregationConfig()
+    remote_write: tuple[RemoteWriteConfig, ...] = ()
+    shutdown_timeout_ms: int = 30_000
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+    def view_interval_ms(self, view: ViewConfig) -> int:
+        return view.interval_ms or self.aggregation.interval_ms
+
+
+# Remote-write headers that a user may not override (spec: senders must not let them).
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-encoding",
+        "content-length",
+        "user-agent",
+        "x-prometheus-remote-write-version",
+    }
+)
+
+T = TypeVar("T")
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path}: {message}")
+
+
+class _Section:
+    """Reads one YAML mapping, recording every problem with its path; unknown keys are errors."""
+
+    def __init__(self, data: object, path: str, problems: _Problems, known: set[str]) -> None:
+        self.path = path
+        self.problems = problems
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            problems.add(path or "(top level)", f"must be a mapping, got {_kind(data)}")
+            data = {}
+        self.data: Mapping[str, Any] = data
+        for key in data:
+            if key not in known:
+                hint = ", ".join(sorted(known))
+                problems.add(self.at(str(key)), f"unknown key (known keys: {hint})")
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, default: T, convert: Callable[[Any, str], T]) -> T:
+        if key not in self.data or self.data[key] is None:
+            return default
+        try:
+            return convert(self.data[key], self.at(key))
+        except ValueError as exc:
+            self.problems.add(self.at(key), str(exc))
+            return default
+
+
+def _kind(value: object) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _string(value: Any, _path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, got {_kind(value)}")
+    return value
+
+
+def _boolean(value: Any, _path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _duration(value: Any, _path: str) -> int:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a duration string such as 15s, got {value!r}")
+    return parse_duration_ms(value)
+
+
+def _positive_duration(value: Any, path: str) -> int:
+    ms = _duration(value, path)
+    if ms <= 0:
+        raise ValueError("must be greater than zero")
+    return ms
+
+
+def _positive_int(value: Any, _path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _byte_size(value: Any, _path: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _BYTES_RE.match(str(value).strip()) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) <= 0:
+        raise ValueError(f"must be a positive size such as 32MiB or 1048576, got {value!r}")
+    return int(match.group(1)) * _BYTE_UNITS[match.group(2) or ""]
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def convert(value: Any, _path: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _label_name(value: Any, _path: str) -> str:
+    if not isinstance(value, str) or not LABEL_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid label name")
+    return value
+
+
+def _label_list(problems: _Problems, value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        problems.add(path, f"must be a list of label names, got {_kind(value)}")
+        return ()
+    names: list[str] = []
+    for index, item in enumerate(value):
+        item_path = f"{path}[{index}]"
+        try:
+            name = _label_name(item, item_path)
+        except ValueError as exc:
+            problems.add(item_path, str(exc))
+            continue
+        if name in names:
+            problems.add(item_path, f"label {name!r} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
+def _selector(value: Any, _path: str) -> Selector:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a series selector string, got {_kind(value)}")
+    return parse_selector(value)
+
+
+def _url(value: Any, _path: str) -> str:
+    text = _string(value, _path)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text
+
+
+def _listen(value: Any, _path: str) -> str:
+    text = _string(value, _path)
+    _host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} must be host:port, e.g. 127.0.0.1:9201")
+    return text
+
+
+def _parse_metadata(data: Any, problems: _Problems) -> MetadataConfig:
+    known = {
+        "mongodb_uri",
+        "database",
+        "collection",
+        "key_label",
+        "key_field",
+        "fields",
+        "drop_key_label",
+        "refresh_interval",
+        "on_missing",
+        "on_conflict",
+        "timeout",
+    }
+    section = _Section(data, "metadata", problems, known)
+    default = MetadataConfig()
+    fields = default.fields
+    if section.data.get("fields") is not None:
+        fields = _label_list(problems, section.data["fields"], section.at("fields"))
+    uri = section.get("mongodb_uri", default.mongodb_uri, _string)
+    if not uri.startswith(("mongodb://", "mongodb+srv://")):
+        problems.add(section.at("mongodb_uri"), "must start with mongodb:// or mongodb+srv://")
+    return MetadataConfig(
+        mongodb_uri=uri,
+        database=section.get("database", default.database, _string),
+        collection=section.get("collection", default.collection, _string),
+        key_label=section.get("key_label", default.key_label, _label_name),
+        key_field=section.get("key_field", default.key_field, _string),
+        fields=fields,
+        drop_key_label=section.get("drop_key_label", default.drop_key_label, _boolean),
+        refresh_interval_ms=section.get(
+            "refresh_interval", default.refresh_interval_ms, _positive_duration
+        ),
+        on_missing=section.get("on_missing", default.on_missing, _choice("keep", "drop")),
+        on_conflict=section.get("on_conflict", default.on_conflict, _choice("overwrite", "keep")),
+        timeout_ms=section.get("timeout", default.timeout_ms, _positive_duration),
+    )
+
+
+def _parse_views(data: Any, problems: _Problems) -> tuple[ViewConfig, ...]:
+    if data is None:
+        problems.add("views", "at least one view is required")
+        return ()
+    if not isinstance(data, list):
+        problems.add("views", f"must be a list of views, got {_kind(data)}")
+        return ()
+    views: list[ViewConfig] = []
+    seen: set[str] = set()
+    for index, item in enumerate(data):
+        path = f"views[{index}]"
+        section = _Section(item, path, problems, {"name", "keep", "match", "interval"})
+        name = section.get("name", "", _label_value_name)
+        if not name:
+            if "name" not in section.data:
+                problems.add(section.at("name"), "is required")
+        elif name in seen:
+            problems.add(section.at("name"), f"duplicate view name {name!r}")
+        seen.add(name)
+        keep: tuple[str, ...] = ()
+        if "keep" not in section.data:
+            problems.add(section.at("keep"), "is required (the labels this view keeps)")
+        else:
+            keep = _label_list(problems, section.data["keep"], section.at("keep"))
+            for position, label in enumerate(keep):
+                if label in (METRIC_NAME_LABEL, VIEW_LABEL):
+                    problems.add(
+                        f"{section.at('keep')}[{position}]",
+                        f"{label!r} is always set by the view; do not list it",
+                    )
+        views.append(
+            ViewConfig(
+                name=name,
+                keep=keep,
+                match=section.get("match", None, _selector),
+                interval_ms=section.get("interval", None, _positive_duration),
+            )
+        )
+    if not data:
+        problems.add("views", "at least one view is required")
+    return tuple(views)
+
+
+def _label_value_name(value: Any, path: str) -> str:
+    text = _string(value, path)
+    if not LABEL_NAME_RE.match(text):
+        raise ValueError(f"{text!r} must be letters, digits and underscores (it becomes a label)")
+    return text
+
+
+def _parse_aggregation(data: Any, problems: _Problems) -> AggregationConfig:
+    known = {"interval", "lateness", "stale_after", "retention", "idle_flush"}
+    section = _Section(data, "aggregation", problems, known)
+    default = AggregationConfig()
+    return AggregationConfig(
+        interval_ms=section.get("interval", default.interval_ms, _positive_duration),
+        lateness_ms=section.get("lateness", default.lateness_ms, _duration),
+        stale_after_ms=section.get("stale_after", default.stale_after_ms, _positive_duration),
+        retention_ms=section.get("retention", default.retention_ms, _positive_duration),
+        idle_flush_ms=section.get("idle_flush", default.idle_flush_ms, _positive_duration),
+    )
+
+
+def _parse_headers(value: Any, path: str, problems: _Problems) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        problems.add(path, f"must be a mapping of header names to values, got {_kind(value)}")
+        return ()
+    headers = []
+    for name, header_value in value.items():
+        if str(name).lower() in RESERVED_HEADERS:
+            problems.add(f"{path}.{name}", "is a reserved remote-write header and cannot be set")
+        elif not isinstance(header_value, str):
+            problems.add(f"{path}.{name}", "must be a string")
+        else:
+            headers.append((str(name), header_value))
+    return tuple(headers)
+
+
+def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConfig, ...]:
+    if data is None:
+        problems.add("remote_write", "at least one destination is required")
+        return ()
+    if not isinstance(data, list):
+        problems.add("remote_write", f"must be a list of destinations, got {_kind(data)}")
+        return ()
+    known = {
+        "url",
+        "name",
+        "timeout",
+        "max_samples_per_send",
+        "shards",
+        "capacity",
+        "min_backoff",
+        "max_backoff",
+        "headers",
+    }
+    destinations: list[RemoteWriteConfig] = []
+    names: set[str] = set()
+    for index, item in enumerate(data):
+        section = _Section(item, f"remote_write[{index}]", problems, known)
+        if "url" not in section.data:
+            problems.add(section.at("url"), "is required")
+        url = section.get("url", "", _url)
+        name = section.get("name", urlsplit(url).netloc or f"remote_write_{index}", _string)
+        if name in names:
+            problems.add(section.at("name"), f"duplicate destination name {name!r}")
+        names.add(name)
+        default = RemoteWriteConfig(url=url, name=name)
+        config = RemoteWriteConfig(
+            url=url,
+            name=name,
+            timeout_ms=section.get("timeout", default.timeout_ms, _positive_duration),
+            max_samples_per_send=section.get(
+                "max_samples_per_send", default.max_samples_per_send, _positive_int
+            ),
+            shards=section.get("shards", default.shards, _positive_int),
+            capacity=section.get("capacity", default.capacity, _positive_int),
+            min_backoff_ms=section.get("min_backoff", default.min_backoff_ms, _positive_duration),
+            max_backoff_ms=section.get("max_backoff", default.max_backoff_ms, _positive_duration),
+            headers=(
+                _parse_headers(section.data["headers"], section.at("headers"), problems)
+                if section.data.get("headers") is not None
+                else ()
+            ),
+        )
+        if config.min_backoff_ms > config.max_backoff_ms:
+            problems.add(section.at("min_backoff"), "must not exceed max_backoff")
+        destinations.append(config)
+    if not data:
+        problems.add("remote_write", "at least one destination is required")
+    return tuple(destinations)
+
+
+def parse_config(data: Any) -> Config:
+    """Validate a decoded YAML document; ConfigError lists every problem with its path."""
+    problems = _Problems()
+    known = {
+        "listen",
+        "log_level",
+        "max_decoded_bytes",
+        "metadata",
+        "views",
+        "aggregation",
+        "remote_write",
+        "shutdown_timeout",
+    }
+    top = _Section(data, "", problems, known)
+    default = Config()
+    config = Config(
+        listen=top.get("listen", default.listen, _listen),
+        log_level=top.get("log_level", default.log_level, _choice(*LOG_LEVELS)),
+        max_decoded_bytes=top.get("max_decoded_bytes", default.max_decoded_bytes, _byte_size),
+        metadata=_parse_metadata(top.data.get("metadata"), problems),
+        views=_parse_views(top.data.get("views"), problems),
+        aggregation=_parse_aggregation(top.data.get("aggregation"), problems),
+        remote_write=_parse_remote_write(top.data.get("remote_write"), problems),
+        shutdown_timeout_ms=top.get(
+            "shutdown_timeout", default.shutdown_timeout_ms, _positive_duration
+        ),
+    )
+    for index, view in enumerate(config.views):
+        if config.metadata.drop_key_label and config.metadata.key_label in view.keep:
+            problems.add(
+                f"views[{index}].keep",
+                f"keeps {config.metadata.key_label!r}, which metadata.drop_key_label removes",
+            )
+    if problems.items:
+        raise ConfigError(problems.items)
+    return config
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the file at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_config(data)

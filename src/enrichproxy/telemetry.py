@@ -1,0 +1,234 @@
+"""enrichproxy's own metrics: the only module that imports prometheus_client.
+
+Every metric takes the registry it is given, so each test (and each app) gets a fresh one.
+Names follow Prometheus conventions: ``enrichproxy_`` prefix, ``_total`` for counters,
+base units (``_seconds``, ``_bytes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from enrichproxy.pipeline import IngestResult, ViewOutput
+
+EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# `_created` series double every counter's exposition and no dashboard of ours reads them.
+disable_created_metrics()
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # --- receiving
+        self.requests = Counter(
+            "enrichproxy_requests_total",
+            "Remote-write requests received, by HTTP answer.",
+            ["code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "enrichproxy_request_duration_seconds",
+            "Time to decode and apply one remote-write request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.received_bytes = Counter(
+            "enrichproxy_received_bytes_total", "Compressed request bytes received.", registry=r
+        )
+        self.received_series = Counter(
+            "enrichproxy_received_series_total",
+            "Series received in accepted requests.",
+            registry=r,
+        )
+        self.received_samples = Counter(
+            "enrichproxy_received_samples_total",
+            "Samples received in accepted requests.",
+            registry=r,
+        )
+        self.received_metadata = Counter(
+            "enrichproxy_received_metadata_total",
+            "Metric metadata entries received.",
+            registry=r,
+        )
+        self.samples_dropped = Counter(
+            "enrichproxy_samples_dropped_total",
+            "Input samples that fed no view, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.exemplars_dropped = Counter(
+            "enrichproxy_exemplars_dropped_total",
+            "Exemplars received and not forwarded (they do not survive aggregation).",
+            registry=r,
+        )
+        # --- enrichment
+        self.lookups = Counter(
+            "enrichproxy_lookups_total",
+            "Series looked up in the metadata table, by result (hit, miss, no_key).",
+            ["result"],
+            registry=r,
+        )
+        self.label_conflicts = Counter(
+            "enrichproxy_enrichment_label_conflicts_total",
+            "Series that already carried a label the metadata table provides.",
+            registry=r,
+        )
+        self.series_cache_entries = Gauge(
+            "enrichproxy_series_cache_entries",
+            "Distinct input series whose enrichment and routing are cached.",
+            registry=r,
+        )
+        self.metadata_documents = Gauge(
+            "enrichproxy_metadata_table_documents",
+            "Entries in the metadata table in use.",
+            registry=r,
+        )
+        self.metadata_last_success = Gauge(
+            "enrichproxy_metadata_last_success_timestamp_seconds",
+            "When the metadata table in use was loaded.",
+            registry=r,
+        )
+        self.metadata_age = Gauge(
+            "enrichproxy_metadata_age_seconds",
+            "Age of the metadata table in use (NaN before the first load).",
+            registry=r,
+        )
+        self.metadata_reloads = Counter(
+            "enrichproxy_metadata_reloads_total",
+            "Metadata table loads, by result (success, failure).",
+            ["result"],
+            registry=r,
+        )
+        self.metadata_rejected = Counter(
+            "enrichproxy_metadata_documents_rejected_total",
+            "Metadata documents or fields skipped, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        # --- views and aggregation
+        self.view_samples_dropped = Counter(
+            "enrichproxy_view_samples_dropped_total",
+            "Samples a view did not aggregate, by reason (late, out_of_order).",
+            ["view", "reason"],
+            registry=r,
+        )
+        self.output_series = Gauge(
+            "enrichproxy_output_series",
+            "Output series (aggregation groups) per view.",
+            ["view"],
+            registry=r,
+        )
+        self.aggregation_inputs = Gauge(
+            "enrichproxy_aggregation_input_series",
+            "Input series tracked by each view's aggregation.",
+            ["view"],
+            registry=r,
+        )
+        self.open_windows = Gauge(
+            "enrichproxy_aggregation_open_windows",
+            "Aggregation windows waiting to be emitted, per view.",
+            ["view"],
+            registry=r,
+        )
+        self.aggregation_lag = Gauge(
+            "enrichproxy_aggregation_watermark_lag_seconds",
+            "Wall clock minus the newest sample time seen, per view.",
+            ["view"],
+            registry=r,
+        )
+        self.output_samples = Counter(
+            "enrichproxy_output_samples_total",
+            "Samples emitted by each view (stale markers included).",
+            ["view"],
+            registry=r,
+        )
+        # --- forwarding
+        self.forward_requests = Counter(
+            "enrichproxy_forward_requests_total",
+            "Remote-write requests sent, by destination and answer (status code or "
+            "'error' for a connection failure).",
+            ["destination", "code"],
+            registry=r,
+        )
+        self.forward_retries = Counter(
+            "enrichproxy_forward_retries_total",
+            "Requests retried, by destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.forward_samples = Counter(
+            "enrichproxy_forward_samples_total",
+            "Samples the destination accepted.",
+            ["destination"],
+            registry=r,
+        )
+        self.forward_dropped = Counter(
+            "enrichproxy_forward_samples_dropped_total",
+            "Samples given up on, by destination and reason (HTTP status or 'shutdown').",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.forward_duration = Histogram(
+            "enrichproxy_forward_duration_seconds",
+            "Duration of one send attempt.",
+            ["destination"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_samples = Gauge(
+            "enrichproxy_queue_samples",
+            "Samples queued for a destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.queue_capacity = Gauge(
+            "enrichproxy_queue_capacity_samples",
+            "Queued samples at which writes are answered 503.",
+            ["destination"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "enrichproxy_ready",
+            "1 once the metadata table is loaded and writes are accepted.",
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def record_ingest(self, result: IngestResult) -> None:
+        self.received_series.inc(result.series)
+        self.received_samples.inc(result.samples)
+        if result.metadata:
+            self.received_metadata.inc(result.metadata)
+        for lookup, count in result.lookups.items():
+            self.lookups.labels(lookup.name.lower()).inc(count)
+        for reason, count in result.dropped.items():
+            self.samples_dropped.labels(reason).inc(count)
+        if result.label_conflicts:
+            self.label_conflicts.inc(result.label_conflicts)
+        if result.exemplars_skipped:
+            self.exemplars_dropped.inc(result.exemplars_skipped)
+        for (view, reason), count in result.view_dropped.items():
+            self.view_samples_dropped.labels(view, reason).inc(count)
+
+    def record_outputs(self, outputs: list[ViewOutput]) -> None:
+        for output in outputs:
+            if output.samples:
+                self.output_samples.labels(output.view).inc(len(output.samples))
+
+    def watch_function(self, gauge: Gauge, function: Callable[[], float]) -> None:
+        gauge.set_function(function)
