@@ -140,39 +140,85 @@ def _read_tag(buf: bytes, pos: int, end: int) -> tuple[int, int]:
 
 
 def decode_write_request(buf: bytes) -> DecodedRequest:
-    """Walk a ``WriteRequest``; DecodeError on anything that is not one."""
+    """Walk a ``WriteRequest``; DecodeError on anything that is not one.
+
+    The loop handles the shape every known sender produces inline (labels first, then one
+    sample holding a value and a timestamp) and hands anything else to the general decoder.
+    Timestamps repeat across a request (one scrape, one time), so their varints are decoded
+    once per distinct byte string.
+    """
     request = DecodedRequest()
-    series_out = request.series
+    append = request.series.append
+    timestamps: dict[bytes, int] = {}
     end = len(buf)
     pos = 0
     try:
         while pos < end:
-            tag, pos = _read_tag(buf, pos, end)
-            if tag == _TAG_TIMESERIES:
-                length = buf[pos]
-                if length < 0x80:
-                    pos += 1
-                else:
-                    length, pos = _varint(buf, pos, end)
-                stop = pos + length
-                if stop > end:
-                    raise DecodeError("protobuf: timeseries runs past the end of the request")
-                series_out.append(_decode_series(buf, pos, stop, request))
-                pos = stop
-            elif tag == _TAG_METADATA:
-                length, pos = _varint(buf, pos, end)
-                stop = pos + length
-                if stop > end:
-                    raise DecodeError("protobuf: metadata runs past the end of the request")
-                request.metadata.append(_decode_metadata(buf, pos, stop))
-                pos = stop
-            elif tag >> 3 == 0:
-                raise DecodeError("protobuf: field number 0")
+            tag = buf[pos]
+            if tag != _TAG_TIMESERIES:
+                pos = _decode_other_field(buf, pos, end, request)
+                continue
+            length = buf[pos + 1]
+            if length < 0x80:
+                pos += 2
+            elif buf[pos + 2] < 0x80:
+                length = (length & 0x7F) | (buf[pos + 2] << 7)
+                pos += 3
             else:
-                pos = _skip_field(buf, pos, end, tag)
+                length, pos = _varint(buf, pos + 1, end)
+            stop = pos + length
+            if stop > end:
+                raise DecodeError("protobuf: timeseries runs past the end of the request")
+            labels_end = pos
+            while labels_end < stop and buf[labels_end] == _TAG_LABEL:
+                size = buf[labels_end + 1]
+                if size < 0x80:
+                    labels_end += 2 + size
+                else:
+                    size, labels_end = _varint(buf, labels_end + 1, stop)
+                    labels_end += size
+            if (
+                labels_end < stop
+                and buf[labels_end] == _TAG_SAMPLE
+                and labels_end + 2 + buf[labels_end + 1] == stop
+                and buf[labels_end + 2] == _TAG_SAMPLE_VALUE
+                and buf[labels_end + 11] == _TAG_SAMPLE_TIMESTAMP
+            ):
+                timestamp_bytes = buf[labels_end + 12 : stop]
+                timestamp = timestamps.get(timestamp_bytes)
+                if timestamp is None:
+                    timestamp = _timestamp(timestamp_bytes)
+                    timestamps[timestamp_bytes] = timestamp
+                value = _unpack_double(buf, labels_end + 3)[0]
+                append(RawSeries(buf[pos:labels_end], [(timestamp, value)]))
+            else:
+                append(_decode_series(buf, pos, stop, request))
+            pos = stop
     except IndexError:
         raise DecodeError("protobuf: truncated message") from None
     return request
+
+
+def _timestamp(varint: bytes) -> int:
+    """An int64 from exactly the bytes of one varint."""
+    value, used = _varint(varint, 0, len(varint))
+    if used != len(varint):
+        raise DecodeError("protobuf: malformed sample timestamp")
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _decode_other_field(buf: bytes, pos: int, end: int, request: DecodedRequest) -> int:
+    tag, pos = _read_tag(buf, pos, end)
+    if tag == _TAG_METADATA:
+        length, pos = _varint(buf, pos, end)
+        stop = pos + length
+        if stop > end:
+            raise DecodeError("protobuf: metadata runs past the end of the request")
+        request.metadata.append(_decode_metadata(buf, pos, stop))
+        return stop
+    if tag >> 3 == 0:
+        raise DecodeError("protobuf: field number 0")
+    return _skip_field(buf, pos, end, tag)
 
 
 def _decode_series(buf: bytes, pos: int, end: int, request: DecodedRequest) -> RawSeries:

@@ -1,0 +1,1016 @@
+"""A load generator that plays a fleet of pods sending remote write 1.0, as Prometheus would.
+
+Benchmarks and soak tests need traffic shaped like production, not random bytes: the same label
+sets coming back every scrape (what the proxy's cache is built for), counters that only go up
+except when a pod restarts, pods replaced by new ones whose old series end with staleness
+markers, and a pod → service/team/tier table for the join. This module produces that traffic.
+
+Two layers, as in the rest of enrichproxy:
+
+* a pure core, with no clock, sockets or database: ``Fleet`` turns a timestamp into the next
+  ``Scrape``; ``Batcher`` cuts scrapes into requests; ``RequestEncoder`` turns a request into
+  protobuf bytes; ``Pacer`` says how long to wait to hold a rate; ``LoadReport`` sums answers.
+* shells: ``generate_load`` posts to an endpoint with aiohttp, ``MetadataSeeder`` upserts the
+  fleet's documents with pymongo's AsyncMongoClient, and ``add_arguments`` / ``run`` are the
+  ``enrichproxy loadgen`` command.
+
+The load generator is a client of the proxy, not part of its data path, so it talks to aiohttp
+and pymongo directly instead of through the forwarder and metadata store: those retry, queue
+and cache, and a load generator must do none of that (it retries nothing and reports every
+status code instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import struct
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TextIO
+
+import aiohttp
+from pymongo import AsyncMongoClient, UpdateOne
+from pymongo.errors import PyMongoError
+
+from enrichproxy import __version__
+from enrichproxy.codec import compress, encode_labels
+from enrichproxy.durations import format_duration_ms, parse_duration_ms
+from enrichproxy.model import METRIC_NAME_LABEL, STALE_NAN, Labels
+
+# --- defaults -----------------------------------------------------------------------------------
+
+# enrichproxy's default listen address (conf/enrichproxy.yaml): a bare run hits a local proxy.
+DEFAULT_URL = "http://127.0.0.1:9201/api/v1/write"
+DEFAULT_PODS = 500
+# Prometheus' default queue_config.max_samples_per_send: requests the size a real sender makes.
+DEFAULT_BATCH = 2_000
+DEFAULT_RATE = 50_000.0
+# Like a Prometheus remote-write queue with a few shards: enough to overlap network round trips,
+# few enough that the load is a handful of steady connections rather than a connection storm.
+DEFAULT_CONCURRENCY = 4
+DEFAULT_DURATION = "30s"
+# Shorter than Prometheus' 30 s remote_timeout: a bounded run should not wait that long at the end.
+DEFAULT_TIMEOUT = "10s"
+DEFAULT_SEED = 1
+DEFAULT_DATABASE = "metrics"
+DEFAULT_COLLECTION = "pod_metadata"
+# Per pod and scrape round. At the default rate a round comes every ~0.2 s, so these give a pod
+# restart and a pod replacement every second or so across 500 pods: rare per series, but seen
+# within any run long enough to measure.
+DEFAULT_RESTART_PROBABILITY = 0.001
+DEFAULT_CHURN_PROBABILITY = 0.001
+
+USER_AGENT = f"enrichproxy-loadgen/{__version__}"
+# What Prometheus sends with every remote write 1.0 request (docs/remote-write.md §1).
+REMOTE_WRITE_HEADERS = {
+    "Content-Encoding": "snappy",
+    "Content-Type": "application/x-protobuf",
+    "X-Prometheus-Remote-Write-Version": "0.1.0",
+    "User-Agent": USER_AGENT,
+}
+
+PROGRESS_INTERVAL_S = 1.0
+# When the target is slower than the requested rate, the pacer does not build up credit for more
+# than this much lag: otherwise a stalled target would be hit by a burst once it recovers.
+MAX_CATCH_UP_S = 1.0
+# Bounds the wait for a Mongo that is down, so a seeding run fails in seconds, not pymongo's 30 s.
+MONGO_TIMEOUT_MS = 5_000
+
+# Keys of ``LoadReport.requests`` for requests that got no HTTP answer.
+STATUS_TIMEOUT = "timeout"
+STATUS_CONNECTION_ERROR = "connection_error"
+
+# Exit codes of ``run``.
+EXIT_OK = 0
+EXIT_NOT_ALL_ACCEPTED = 1
+"""Some request was not answered 2xx (the report says which), or seeding failed."""
+
+# --- the simulated product ----------------------------------------------------------------------
+
+JOB = "kubernetes-pods"
+"""The scrape job: one for the whole fleet, so only the metadata table knows a pod's service."""
+SCRAPE_PORT = 8080
+
+# (service, team, tier) of the first services; the rest are svc-NN with rotating teams and tiers.
+NAMED_SERVICES: tuple[tuple[str, str, str], ...] = (
+    ("checkout", "orders", "critical"),
+    ("payment", "payments", "critical"),
+    ("cart", "storefront", "critical"),
+    ("catalog", "storefront", "standard"),
+    ("inventory", "fulfilment", "standard"),
+    ("shipping", "fulfilment", "standard"),
+    ("search", "storefront", "standard"),
+    ("pricing", "payments", "standard"),
+    ("auth", "platform", "critical"),
+    ("recommendation", "growth", "best-effort"),
+    ("notification", "platform", "best-effort"),
+    ("review", "growth", "best-effort"),
+)
+TEAMS = ("orders", "payments", "storefront", "fulfilment", "platform", "growth")
+TIERS = ("critical", "standard", "best-effort")
+PODS_PER_SERVICE = 10
+
+FAILED_METRIC = "order_create_failed_total"
+INFLIGHT_METRIC = "checkout_inflight_requests"
+DURATION_METRIC = "http_request_duration_seconds"
+ENDPOINTS = ("/orders", "/cart", "/checkout")
+ERROR_TYPES = ("timeout", "db_error", "validation")
+# Upper bounds of the duration histogram's buckets, as Prometheus spells them in `le`.
+BUCKET_BOUNDS: tuple[tuple[str, float], ...] = (
+    ("0.05", 0.05),
+    ("0.1", 0.1),
+    ("0.25", 0.25),
+    ("0.5", 0.5),
+    ("1", 1.0),
+    ("+Inf", math.inf),
+)
+SERIES_PER_POD = len(ENDPOINTS) * len(ERROR_TYPES) + 1 + len(BUCKET_BOUNDS) + 2
+
+# Chance per counter and round that it goes up, and the mean request duration observed.
+_FAILURE_PROBABILITY = 0.3
+_MEAN_DURATION_S = 0.12
+_MAX_INFLIGHT = 50.0
+
+
+class Sample(NamedTuple):
+    """One sample of one series, as a scrape produced it."""
+
+    labels: Labels
+    """Sorted by name, so ``__name__`` comes first, as Prometheus sends them."""
+    timestamp_ms: int
+    value: float
+
+
+@dataclass(frozen=True)
+class PodMetadata:
+    """A pod's row in the metadata table the proxy joins on."""
+
+    pod: str
+    service: str
+    team: str
+    tier: str
+
+    def as_document(self) -> dict[str, str]:
+        return {"pod": self.pod, "service": self.service, "team": self.team, "tier": self.tier}
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One scrape round of the whole fleet, all at one timestamp."""
+
+    timestamp_ms: int
+    samples: list[Sample]
+    started: list[PodMetadata]
+    """Pods that appear in this round for the first time (replacements of ended pods)."""
+    ended: list[str]
+    """Pods replaced in this round: their series carry staleness markers, for the last time."""
+    restarted: list[str]
+    """Pods whose counters went back to zero before this round's values."""
+
+
+def service_names(count: int) -> list[tuple[str, str, str]]:
+    """(service, team, tier) for ``count`` services: the named ones first, then svc-NN."""
+    services = list(NAMED_SERVICES[:count])
+    for index in range(len(services), count):
+        services.append((f"svc-{index:02d}", TEAMS[index % len(TEAMS)], TIERS[index % len(TIERS)]))
+    return services
+
+
+def _series_labels(pod: str, instance: str) -> tuple[Labels, ...]:
+    """Every series one pod exposes, in the order its values are kept."""
+    common = (("instance", instance), ("job", JOB), ("pod", pod))
+    series: list[Labels] = []
+    for endpoint in ENDPOINTS:
+        for error_type in ERROR_TYPES:
+            extra = (("endpoint", endpoint), ("error_type", error_type))
+            series.append(_sorted_labels(FAILED_METRIC, common + extra))
+    series.append(_sorted_labels(INFLIGHT_METRIC, common))
+    for le, _ in BUCKET_BOUNDS:
+        series.append(_sorted_labels(f"{DURATION_METRIC}_bucket", (*common, ("le", le))))
+    series.append(_sorted_labels(f"{DURATION_METRIC}_count", common))
+    series.append(_sorted_labels(f"{DURATION_METRIC}_sum", common))
+    return tuple(series)
+
+
+def _sorted_labels(name: str, labels: Iterable[tuple[str, str]]) -> Labels:
+    # Plain lexicographic order puts "__name__" first: "_" sorts before every lowercase letter.
+    return tuple(sorted(((METRIC_NAME_LABEL, name), *labels)))
+
+
+class _Pod:
+    """One running pod: its identity, its series and their current values."""
+
+    __slots__ = (
+        "buckets",
+        "duration_count",
+        "duration_sum",
+        "failed",
+        "inflight",
+        "metadata",
+        "series",
+    )
+
+    def __init__(self, metadata: PodMetadata, instance: str) -> None:
+        self.metadata = metadata
+        self.series = _series_labels(metadata.pod, instance)
+        self.failed = [0.0] * (len(ENDPOINTS) * len(ERROR_TYPES))
+        self.inflight = 0.0
+        self.buckets = [0.0] * len(BUCKET_BOUNDS)
+        self.duration_count = 0.0
+        self.duration_sum = 0.0
+
+    def restart(self) -> None:
+        """A container restart: same pod name, every counter back to zero."""
+        self.failed = [0.0] * len(self.failed)
+        self.inflight = 0.0
+        self.buckets = [0.0] * len(self.buckets)
+        self.duration_count = 0.0
+        self.duration_sum = 0.0
+
+    def values(self) -> list[float]:
+        """Current values, in the order of ``series``."""
+        return [
+            *self.failed,
+            self.inflight,
+            *self.buckets,
+            self.duration_count,
+            self.duration_sum,
+        ]
+
+
+class Fleet:
+    """The simulated product: ``pods`` pods over about pods/10 services.
+
+    Pure and deterministic: the same ``seed`` and the same sequence of ``scrape`` timestamps give
+    the same samples, so a run can be replayed and a seeding run and a sending run (same seed and
+    pod count) agree on pod names.
+    """
+
+    def __init__(
+        self,
+        pods: int = DEFAULT_PODS,
+        seed: int = DEFAULT_SEED,
+        *,
+        restart_probability: float = DEFAULT_RESTART_PROBABILITY,
+        churn_probability: float = DEFAULT_CHURN_PROBABILITY,
+    ) -> None:
+        if pods <= 0:
+            raise ValueError("a fleet needs at least one pod")
+        self._rng = random.Random(seed)
+        self.restart_probability = restart_probability
+        self.churn_probability = churn_probability
+        self.services = service_names(max(1, round(pods / PODS_PER_SERVICE)))
+        self._used_names: set[str] = set()
+        self._pods_created = 0
+        self._pods = [
+            self._new_pod(self.services[index % len(self.services)]) for index in range(pods)
+        ]
+
+    @property
+    def series_per_scrape(self) -> int:
+        return len(self._pods) * SERIES_PER_POD
+
+    def metadata(self) -> list[PodMetadata]:
+        """The metadata of every pod running now."""
+        return [pod.metadata for pod in self._pods]
+
+    def documents(self) -> list[dict[str, str]]:
+        """``metadata`` as the documents of the table the proxy joins on."""
+        return [pod.metadata.as_document() for pod in self._pods]
+
+    def scrape(self, timestamp_ms: int) -> Scrape:
+        """Advance every pod by one round and return what a scrape of all of them sees.
+
+        The caller must pass increasing timestamps, as a scraper would.
+        """
+        rng = self._rng.random
+        samples: list[Sample] = []
+        started: list[PodMetadata] = []
+        ended: list[str] = []
+        restarted: list[str] = []
+        for index, current in enumerate(self._pods):
+            pod = current
+            if rng() < self.churn_probability:
+                # The old pod's series end here: a staleness marker, as Prometheus writes when a
+                # target disappears. Its replacement runs the same service under a new name.
+                samples.extend(Sample(labels, timestamp_ms, STALE_NAN) for labels in pod.series)
+                ended.append(pod.metadata.pod)
+                service = (pod.metadata.service, pod.metadata.team, pod.metadata.tier)
+                pod = self._new_pod(service)
+                self._pods[index] = pod
+                started.append(pod.metadata)
+            elif rng() < self.restart_probability:
+                pod.restart()
+                restarted.append(pod.metadata.pod)
+            self._advance(pod)
+            samples.extend(
+                Sample(labels, timestamp_ms, value)
+                for labels, value in zip(pod.series, pod.values(), strict=True)
+            )
+        return Scrape(timestamp_ms, samples, started, ended, restarted)
+
+    def _advance(self, pod: _Pod) -> None:
+        rng = self._rng.random
+        failed = pod.failed
+        for index, value in enumerate(failed):
+            if rng() < _FAILURE_PROBABILITY:
+                failed[index] = value + 1 + int(rng() * 3)
+        pod.inflight = min(_MAX_INFLIGHT, max(0.0, pod.inflight + int(rng() * 5) - 2))
+        buckets = pod.buckets
+        for _ in range(int(rng() * 4)):
+            duration = -math.log(1.0 - rng()) * _MEAN_DURATION_S
+            for index, (_, bound) in enumerate(BUCKET_BOUNDS):
+                if duration <= bound:
+                    buckets[index] += 1
+            pod.duration_count += 1
+            pod.duration_sum += duration
+
+    def _new_pod(self, service: tuple[str, str, str]) -> _Pod:
+        name, team, tier = service
+        while True:
+            pod_name = f"{name}-{self._rng.getrandbits(20):05x}"
+            if pod_name not in self._used_names:
+                break
+        self._used_names.add(pod_name)
+        serial = self._pods_created
+        self._pods_created += 1
+        # A pod IP from 10.0.0.0/8, unique per pod ever created, as a cluster's pod CIDR gives.
+        instance = f"10.{serial >> 16 & 255}.{serial >> 8 & 255}.{serial & 255}:{SCRAPE_PORT}"
+        return _Pod(PodMetadata(pod_name, name, team, tier), instance)
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+class Batcher:
+    """Cuts the stream of scraped samples into requests of at most ``batch_size`` series.
+
+    Requests may span two scrape rounds, as a Prometheus queue shard fills its batches, so every
+    request but the last of a run is full.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        if batch_size <= 0:
+            raise ValueError("batch size must be positive")
+        self.batch_size = batch_size
+        self._pending: list[Sample] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, samples: Iterable[Sample]) -> None:
+        self._pending.extend(samples)
+
+    def take(self) -> list[Sample]:
+        """The next request's samples (fewer than a batch only when that is all there is)."""
+        batch = self._pending[: self.batch_size]
+        del self._pending[: self.batch_size]
+        return batch
+
+
+def batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample]]:
+    """``samples`` in requests of at most ``batch_size`` series, in order."""
+    batcher = Batcher(batch_size)
+    batcher.add(samples)
+    while batcher:
+        yield batcher.take()
+
+
+def _encode_varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64  # int64 on the wire: two's complement in ten bytes
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_pack_double = struct.Struct("<d").pack
+_TAG_TIMESERIES = 0x0A
+_TAG_SAMPLE = 0x12
+_TAG_SAMPLE_VALUE = 0x09
+_TAG_SAMPLE_TIMESTAMP = 0x10
+
+
+class RequestEncoder:
+    """Samples → WriteRequest bytes, byte for byte what ``codec.encode_write_request`` writes.
+
+    Written here rather than calling the codec because the load generator must outrun the proxy
+    it measures: each series' label bytes and TimeSeries header are encoded once and kept, so a
+    sample costs a few byte joins. The cache holds every series ever seen; a fleet's label sets
+    are bounded (churn adds ``SERIES_PER_POD`` per replaced pod).
+    """
+
+    def __init__(self) -> None:
+        # labels → (sample field length it was built for, TimeSeries tag + length + labels)
+        self._prefixes: dict[Labels, tuple[int, bytes]] = {}
+
+    def encode(self, samples: Iterable[Sample]) -> bytes:
+        """One TimeSeries with one Sample per element of ``samples``."""
+        prefixes = self._prefixes
+        parts: list[bytes] = []
+        append = parts.append
+        last_timestamp: int | None = None
+        sample_head = timestamp_field = b""
+        sample_field_length = 0
+        for labels, timestamp_ms, value in samples:
+            if timestamp_ms != last_timestamp:
+                last_timestamp = timestamp_ms
+                timestamp_field = bytes((_TAG_SAMPLE_TIMESTAMP,)) + _encode_varint(timestamp_ms)
+                sample_length = 9 + len(timestamp_field)  # value tag + double + timestamp field
+                sample_head = bytes((_TAG_SAMPLE, sample_length, _TAG_SAMPLE_VALUE))
+                sample_field_length = 2 + sample_length
+            cached = prefixes.get(labels)
+            if cached is None or cached[0] != sample_field_length:
+                cached = (sample_field_length, self._prefix(labels, sample_field_length))
+                prefixes[labels] = cached
+            append(cached[1])
+            append(sample_head)
+            append(_pack_double(value))
+            append(timestamp_field)
+        return b"".join(parts)
+
+    def body(self, samples: Iterable[Sample]) -> bytes:
+        """A request body as sent: the encoded WriteRequest, snappy block format."""
+        return compress(self.encode(samples))
+
+    @staticmethod
+    def _prefix(labels: Labels, sample_field_length: int) -> bytes:
+        label_bytes = encode_labels(labels)
+        length = _encode_varint(len(label_bytes) + sample_field_length)
+        return bytes((_TAG_TIMESERIES,)) + length + label_bytes
+
+
+# --- pacing and reporting -----------------------------------------------------------------------
+
+
+class Pacer:
+    """When the next request may go so that samples leave at ``rate`` per second on average.
+
+    Pure: the caller passes the time (any monotonic clock, in seconds). A rate of 0 or less means
+    as fast as the concurrency limit allows.
+    """
+
+    def __init__(self, rate: float, start: float) -> None:
+        self.rate = rate
+        self._origin = start
+        self._scheduled = 0
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before sending the next request."""
+        if self.rate <= 0:
+            return 0.0
+        due = self._origin + self._scheduled / self.rate
+        if now - due > MAX_CATCH_UP_S:
+            self._origin = now - MAX_CATCH_UP_S - self._scheduled / self.rate
+            due = now - MAX_CATCH_UP_S
+        return max(0.0, due - now)
+
+    def sent(self, samples: int) -> None:
+        self._scheduled += samples
+
+
+def percentile(sorted_values: Sequence[float], quantile: float) -> float:
+    """Nearest-rank percentile of already sorted values; NaN when there are none."""
+    if not sorted_values:
+        return math.nan
+    rank = math.ceil(quantile * len(sorted_values))
+    return sorted_values[min(len(sorted_values), max(rank, 1)) - 1]
+
+
+@dataclass
+class LoadReport:
+    """What a run sent and how the target answered."""
+
+    samples_sent: int = 0
+    """Samples in every request whose answer (or failure) has come back."""
+    samples_accepted: int = 0
+    """Samples in requests answered 2xx."""
+    requests: Counter[str] = field(default_factory=Counter)
+    """Requests by HTTP status code, or ``timeout`` / ``connection_error``."""
+    latencies_ms: list[float] = field(default_factory=list)
+    """Time to the full answer, for requests that got one."""
+    elapsed_s: float = 0.0
+    pods_started: int = 0
+    pods_ended: int = 0
+    pods_restarted: int = 0
+    rounds: int = 0
+
+    def record(self, status: str, samples: int, latency_ms: float | None) -> None:
+        self.requests[status] += 1
+        self.samples_sent += samples
+        if status.startswith("2") and len(status) == 3:
+            self.samples_accepted += samples
+        if latency_ms is not None:
+            self.latencies_ms.append(latency_ms)
+
+    @property
+    def requests_total(self) -> int:
+        return sum(self.requests.values())
+
+    @property
+    def requests_not_accepted(self) -> int:
+        return sum(n for status, n in self.requests.items() if not status.startswith("2"))
+
+    @property
+    def accepted_per_second(self) -> float:
+        return self.samples_accepted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def sent_per_second(self) -> float:
+        return self.samples_sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def latency_ms(self, quantile: float) -> float:
+        return percentile(sorted(self.latencies_ms), quantile)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON values (``--json``); NaN latencies become null."""
+
+        def number(value: float) -> float | None:
+            return None if math.isnan(value) else round(value, 3)
+
+        return {
+            "samples_sent": self.samples_sent,
+            "samples_accepted": self.samples_accepted,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "samples_per_second": round(self.accepted_per_second, 1),
+            "sent_per_second": round(self.sent_per_second, 1),
+            "requests": dict(sorted(self.requests.items())),
+            "latency_p50_ms": number(self.latency_ms(0.5)),
+            "latency_p99_ms": number(self.latency_ms(0.99)),
+            "rounds": self.rounds,
+            "pods_started": self.pods_started,
+            "pods_ended": self.pods_ended,
+            "pods_restarted": self.pods_restarted,
+        }
+
+    def format(self) -> str:
+        """The human-readable final report."""
+        statuses = ", ".join(f"{status}: {n:,}" for status, n in sorted(self.requests.items()))
+        p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
+        return "\n".join(
+            (
+                f"samples sent:       {self.samples_sent:,} in {self.requests_total:,} requests"
+                f" over {self.elapsed_s:.2f} s ({self.rounds:,} scrape rounds)",
+                f"samples/s achieved: {self.accepted_per_second:,.0f} answered 2xx"
+                f" ({self.sent_per_second:,.0f} sent)",
+                f"requests by status: {statuses or 'none'}",
+                f"latency:            p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+                f"fleet changes:      {self.pods_restarted:,} restarts,"
+                f" {self.pods_ended:,} pods replaced",
+            )
+        )
+
+
+# --- the sender ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """What to send where, for how long; built once from the command line."""
+
+    url: str = DEFAULT_URL
+    batch: int = DEFAULT_BATCH
+    rate: float = DEFAULT_RATE
+    """Samples per second; 0 for as fast as the concurrency allows."""
+    concurrency: int = DEFAULT_CONCURRENCY
+    duration_ms: int = 30_000
+    max_requests: int | None = None
+    timeout_ms: int = 10_000
+
+
+PodsStartedHook = Callable[[list[PodMetadata]], None]
+"""Called with the pods a scrape round started; must not block (queue the work)."""
+
+
+class _Progress:
+    """The once-a-second progress line on stderr."""
+
+    def __init__(self, report: LoadReport, stream: TextIO, start: float) -> None:
+        self._report = report
+        self._stream = stream
+        self._start = start
+        self._last_time = start
+        self._last_samples = 0
+
+    def line(self, now: float, in_flight: int) -> str:
+        report = self._report
+        interval = max(now - self._last_time, 1e-9)
+        current = (report.samples_sent - self._last_samples) / interval
+        self._last_time, self._last_samples = now, report.samples_sent
+        return (
+            f"loadgen {now - self._start:6.1f}s: {report.samples_sent:,} samples sent"
+            f" ({current:,.0f}/s), {report.requests_total:,} requests,"
+            f" {report.requests_not_accepted:,} not 2xx, {in_flight} in flight"
+        )
+
+    async def loop(self, in_flight: Callable[[], int]) -> None:
+        event_loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+            print(self.line(event_loop.time(), in_flight()), file=self._stream, flush=True)
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, samples: int, report: LoadReport
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with session.post(url, data=body, headers=REMOTE_WRITE_HEADERS) as response:
+            await response.read()
+            status = str(response.status)
+    except TimeoutError:  # aiohttp's timeouts are TimeoutError subclasses
+        report.record(STATUS_TIMEOUT, samples, None)
+        return
+    except aiohttp.ClientError:
+        report.record(STATUS_CONNECTION_ERROR, samples, None)
+        return
+    report.record(status, samples, (loop.time() - started) * 1000.0)
+
+
+async def _next_timestamp(previous_ms: int | None, wall_ms: Callable[[], int]) -> int:
+    """Wall-clock ms for a new round, at least 1 ms after ``previous_ms``.
+
+    Waits instead of running ahead of the clock: a small fleet at a high rate would otherwise
+    drift into the future, and the proxy refuses samples too far ahead of its clock.
+    """
+    now_ms = wall_ms()
+    if previous_ms is None or now_ms > previous_ms:
+        return now_ms
+    await asyncio.sleep((previous_ms + 1 - now_ms) / 1000.0)
+    return max(previous_ms + 1, wall_ms())
+
+
+def _wall_ms() -> int:
+    # The loop clock is monotonic, not wall time; samples need the real time of day.
+    return time.time_ns() // 1_000_000
+
+
+async def generate_load(
+    settings: LoadSettings,
+    fleet: Fleet,
+    *,
+    on_pods_started: PodsStartedHook | None = None,
+    progress: TextIO | None = None,
+    wall_ms: Callable[[], int] = _wall_ms,
+) -> LoadReport:
+    """Scrape ``fleet`` round after round and post it to ``settings.url`` until time is up.
+
+    Stops starting requests at ``duration_ms`` or after ``max_requests``, then waits for the
+    ones in flight (each bounded by ``timeout_ms``). Never retries: every answer is counted.
+    """
+    loop = asyncio.get_running_loop()
+    report = LoadReport()
+    encoder = RequestEncoder()
+    batcher = Batcher(settings.batch)
+    slots = asyncio.Semaphore(settings.concurrency)
+    in_flight: set[asyncio.Task[None]] = set()
+    timeout = aiohttp.ClientTimeout(total=settings.timeout_ms / 1000.0)
+    connector = aiohttp.TCPConnector(limit=settings.concurrency)
+    start = loop.time()
+    deadline = start + settings.duration_ms / 1000.0
+    pacer = Pacer(settings.rate, start)
+    last_timestamp: int | None = None
+    requests_started = 0
+
+    def finished(task: asyncio.Task[None]) -> None:
+        in_flight.discard(task)
+        slots.release()
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        progress_task = None
+        if progress is not None:
+            reporter = _Progress(report, progress, start)
+            progress_task = asyncio.create_task(reporter.loop(lambda: len(in_flight)))
+        try:
+            while loop.time() < deadline and (
+                settings.max_requests is None or requests_started < settings.max_requests
+            ):
+                while len(batcher) < settings.batch:
+                    last_timestamp = await _next_timestamp(last_timestamp, wall_ms)
+                    scrape = fleet.scrape(last_timestamp)
+                    report.rounds += 1
+                    report.pods_started += len(scrape.started)
+                    report.pods_ended += len(scrape.ended)
+                    report.pods_restarted += len(scrape.restarted)
+                    if scrape.started and on_pods_started is not None:
+                        on_pods_started(scrape.started)
+                    batcher.add(scrape.samples)
+                batch = batcher.take()
+                body = encoder.body(batch)
+                delay = pacer.delay(loop.time())
+                if loop.time() + delay >= deadline:
+                    break
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await slots.acquire()
+                if loop.time() >= deadline:
+                    slots.release()
+                    break
+                pacer.sent(len(batch))
+                requests_started += 1
+                task = asyncio.create_task(_post(session, settings.url, body, len(batch), report))
+                in_flight.add(task)
+                task.add_done_callback(finished)
+        finally:
+            if in_flight:
+                await asyncio.wait(set(in_flight))
+            report.elapsed_s = loop.time() - start
+            if progress_task is not None:
+                progress_task.cancel()
+                await asyncio.gather(progress_task, return_exceptions=True)
+    return report
+
+
+# --- metadata -----------------------------------------------------------------------------------
+
+
+class SeedError(Exception):
+    """The metadata documents could not be written; the message says why."""
+
+
+class MetadataSeeder:
+    """Upserts pod documents into the collection the proxy reads its table from.
+
+    One client serves the initial seed and, during a run, the documents of replacement pods, the
+    way a cluster controller keeps the table current. Upserts keyed on ``pod`` make reseeding
+    idempotent. pymongo errors become SeedError here, and nowhere else.
+    """
+
+    def __init__(
+        self, uri: str, database: str, collection: str, timeout_ms: int = MONGO_TIMEOUT_MS
+    ) -> None:
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=timeout_ms,
+        )
+        self._collection = self._client[database][collection]
+        self.target = f"{database}.{collection}"
+        self._pending: set[asyncio.Task[None]] = set()
+        self.failures: list[str] = []
+        """Errors of background upserts (``upsert_later``), for the caller to report."""
+
+    async def upsert(self, pods: Sequence[PodMetadata]) -> int:
+        """Write ``pods``' documents; the number written. SeedError when Mongo fails."""
+        if not pods:
+            return 0
+        requests = [
+            UpdateOne({"pod": pod.pod}, {"$set": pod.as_document()}, upsert=True) for pod in pods
+        ]
+        try:
+            await self._collection.bulk_write(requests, ordered=False)
+        except PyMongoError as exc:
+            raise SeedError(f"upserting {len(pods)} documents into {self.target}: {exc}") from None
+        return len(pods)
+
+    def upsert_later(self, pods: list[PodMetadata]) -> None:
+        """``upsert`` in the background (a ``PodsStartedHook``); failures go to ``failures``."""
+
+        async def write() -> None:
+            try:
+                await self.upsert(pods)
+            except SeedError as exc:
+                self.failures.append(str(exc))
+
+        task = asyncio.create_task(write())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def close(self) -> None:
+        """Finish background upserts (each bounded by the client's timeouts), then disconnect."""
+        if self._pending:
+            await asyncio.wait(set(self._pending))
+        await self._client.close()
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be 0 (unlimited) or a positive number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive_duration(text: str) -> int:
+    try:
+        value = parse_duration_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than zero")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``enrichproxy loadgen`` flags; ``run`` reads them from the parsed namespace."""
+    target = parser.add_argument_group("target")
+    target.add_argument(
+        "--url",
+        default=None,
+        help=f"remote-write endpoint to post to (default {DEFAULT_URL}); with --seed-metadata, "
+        "giving --url seeds first and then sends",
+    )
+    target.add_argument(
+        "--rate",
+        type=_rate,
+        default=DEFAULT_RATE,
+        help=f"target samples per second, 0 for as fast as possible (default {DEFAULT_RATE:g})",
+    )
+    target.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"requests in flight at most (default {DEFAULT_CONCURRENCY})",
+    )
+    target.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=DEFAULT_BATCH,
+        help=f"series per request at most (default {DEFAULT_BATCH})",
+    )
+    target.add_argument(
+        "--duration",
+        type=_positive_duration,
+        default=parse_duration_ms(DEFAULT_DURATION),
+        metavar="DURATION",
+        help=f"how long to send, e.g. 30s, 5m (default {DEFAULT_DURATION})",
+    )
+    target.add_argument(
+        "--requests",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop after N requests, if that comes before --duration",
+    )
+    target.add_argument(
+        "--timeout",
+        type=_positive_duration,
+        default=parse_duration_ms(DEFAULT_TIMEOUT),
+        metavar="DURATION",
+        help=f"per-request timeout (default {DEFAULT_TIMEOUT}); no request is ever retried",
+    )
+    fleet = parser.add_argument_group("simulated fleet")
+    fleet.add_argument(
+        "--pods",
+        type=_positive_int,
+        default=DEFAULT_PODS,
+        help=f"pods, over about pods/{PODS_PER_SERVICE} services, {SERIES_PER_POD} series each"
+        f" (default {DEFAULT_PODS})",
+    )
+    fleet.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"random seed: same seed and --pods, same pod names (default {DEFAULT_SEED})",
+    )
+    fleet.add_argument(
+        "--restart-probability",
+        type=_probability,
+        default=DEFAULT_RESTART_PROBABILITY,
+        metavar="P",
+        help="chance per pod and scrape round that its counters reset"
+        f" (default {DEFAULT_RESTART_PROBABILITY:g})",
+    )
+    fleet.add_argument(
+        "--churn-probability",
+        type=_probability,
+        default=DEFAULT_CHURN_PROBABILITY,
+        metavar="P",
+        help="chance per pod and scrape round that a new pod replaces it"
+        f" (default {DEFAULT_CHURN_PROBABILITY:g})",
+    )
+    metadata = parser.add_argument_group("metadata")
+    metadata.add_argument(
+        "--seed-metadata",
+        default=None,
+        metavar="MONGODB_URI",
+        help="upsert the fleet's pod documents (pod, service, team, tier) and exit; with --url, "
+        "seed, then send, upserting replacement pods as they start",
+    )
+    metadata.add_argument(
+        "--database",
+        default=DEFAULT_DATABASE,
+        help=f"database for --seed-metadata (default {DEFAULT_DATABASE})",
+    )
+    metadata.add_argument(
+        "--collection",
+        default=DEFAULT_COLLECTION,
+        help=f"collection for --seed-metadata (default {DEFAULT_COLLECTION})",
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--quiet", action="store_true", help="no progress line on stderr every second"
+    )
+    output.add_argument(
+        "--json", action="store_true", help="print the final report as one JSON object"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> LoadSettings:
+    return LoadSettings(
+        url=args.url or DEFAULT_URL,
+        batch=args.batch,
+        rate=args.rate,
+        concurrency=args.concurrency,
+        duration_ms=args.duration,
+        max_requests=args.requests,
+        timeout_ms=args.timeout,
+    )
+
+
+def fleet_from_args(args: argparse.Namespace) -> Fleet:
+    return Fleet(
+        args.pods,
+        args.seed,
+        restart_probability=args.restart_probability,
+        churn_probability=args.churn_probability,
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    """``enrichproxy loadgen``: seed metadata, send load, or both; the process exit code.
+
+    ``--seed-metadata`` alone seeds and exits. With ``--url`` as well it seeds, then sends, and
+    keeps the table current as pods are replaced. Otherwise it sends. The final report goes to
+    stdout; 0 when every request was answered 2xx, 1 otherwise (the report says what came back).
+    """
+    fleet = fleet_from_args(args)
+    settings = settings_from_args(args)
+    seeder: MetadataSeeder | None = None
+    if args.seed_metadata is not None:
+        seeder = MetadataSeeder(args.seed_metadata, args.database, args.collection)
+        try:
+            written = await seeder.upsert(fleet.metadata())
+        except SeedError as exc:
+            await seeder.close()
+            print(f"loadgen: {exc}", file=sys.stderr)
+            return EXIT_NOT_ALL_ACCEPTED
+        message = f"loadgen: upserted {written:,} pod documents into {seeder.target}"
+        if args.url is None:
+            await seeder.close()
+            print(message)
+            return EXIT_OK
+        print(message, file=sys.stderr)
+    if not args.quiet:
+        print(
+            f"loadgen: {fleet.series_per_scrape:,} series from {args.pods:,} pods to {settings.url}"
+            f" at {f'{settings.rate:,.0f} samples/s' if settings.rate else 'full speed'},"
+            f" {settings.concurrency} in flight, for {format_duration_ms(settings.duration_ms)}",
+            file=sys.stderr,
+        )
+    try:
+        report = await generate_load(
+            settings,
+            fleet,
+            on_pods_started=seeder.upsert_later if seeder is not None else None,
+            progress=None if args.quiet else sys.stderr,
+        )
+    finally:
+        if seeder is not None:
+            await seeder.close()
+    if seeder is not None and seeder.failures:
+        print(
+            f"loadgen: {len(seeder.failures)} metadata upserts failed, first: {seeder.failures[0]}",
+            file=sys.stderr,
+        )
+    print(json.dumps(report.as_dict()) if args.json else report.format(), flush=True)
+    if report.requests_not_accepted or not report.requests_total:
+        return EXIT_NOT_ALL_ACCEPTED
+    return EXIT_OK

@@ -1,0 +1,79 @@
+"""Fixtures for integration tests against real parts (helpers live in realparts.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from realparts import (
+    Exporter,
+    MissingBinaryError,
+    MongoProcess,
+    MongoServer,
+    PrometheusFactory,
+    PrometheusProcess,
+    find_prometheus,
+)
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> str:
+    """Path of the prometheus binary; fails (never skips) when it is not installed."""
+    try:
+        return find_prometheus()
+    except MissingBinaryError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServer]:
+    """secantusdb in this process for the whole session; use ``mongo_db_name`` per test."""
+    server = MongoServer(tmp_path_factory.mktemp("secantus"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_db_name(mongo: MongoServer) -> Iterator[str]:
+    """A database name no other test uses on ``mongo``; dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    yield name
+    mongo.drop_database(name)
+
+
+@pytest.fixture
+def mongo_process(tmp_path: Path) -> Iterator[MongoProcess]:
+    """secantusdb as a started child process, for tests that kill and restart MongoDB."""
+    process = MongoProcess(tmp_path / "secantusd")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def prometheus_receiver(tmp_path: Path, prometheus_bin: str) -> Iterator[PrometheusProcess]:
+    """A started Prometheus with the remote-write receiver on (``.write_url``)."""
+    process = PrometheusProcess(
+        tmp_path / "prometheus-receiver", receiver=True, binary=prometheus_bin, name="receiver"
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path, prometheus_bin: str) -> Iterator[PrometheusFactory]:
+    """``prometheus_factory(config, receiver=False, name="sender")`` starts one more Prometheus."""
+    factory = PrometheusFactory(tmp_path / "prometheus", binary=prometheus_bin)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def exporter() -> Iterator[Exporter]:
+    """A started exporter with an empty registry (``.registry``, ``.target``)."""
+    with Exporter() as started:
+        yield started

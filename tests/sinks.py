@@ -1,0 +1,90 @@
+"""An in-process remote-write receiver that records what it gets and answers as told.
+
+For component tests of the forwarder and the app: fast, and it can play a failing downstream
+(5xx, 429 with Retry-After, 400) on demand. Integration tests use a real Prometheus instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from enrichproxy.codec import decode_labels, decode_write_request, decompress
+from enrichproxy.model import Labels
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    series: list[tuple[Labels, list[tuple[int, float]]]]
+
+
+@dataclass
+class Answer:
+    status: int = 204
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class RecordingSink:
+    """``answers`` are used in order, one per request; once empty, every request gets 204.
+
+    Only requests answered 2xx count as ``accepted``; every request lands in ``attempts``.
+    """
+
+    def __init__(self) -> None:
+        self.answers: deque[Answer] = deque()
+        self.attempts: list[Received] = []
+        self.accepted: list[Received] = []
+        self.arrived = asyncio.Event()
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await self.hold.wait()
+        body = decode_write_request(decompress(await request.read()))
+        received = Received(
+            dict(request.headers),
+            [(decode_labels(s.label_bytes), s.samples) for s in body.series],
+        )
+        self.attempts.append(received)
+        answer = self.answers.popleft() if self.answers else Answer()
+        if 200 <= answer.status < 300:
+            self.accepted.append(received)
+        self.arrived.set()
+        return web.Response(status=answer.status, text=answer.body, headers=answer.headers)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/api/v1/write", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/api/v1/write"
+
+    async def stop(self) -> None:
+        self.hold.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def accepted_samples(self) -> list[tuple[Labels, int, float]]:
+        return [
+            (labels, timestamp, value)
+            for received in self.accepted
+            for labels, samples in received.series
+            for timestamp, value in samples
+        ]
+
+    async def wait_accepted(self, count: int, timeout: float = 10.0) -> None:
+        """Until ``count`` samples were accepted (bounded in time)."""
+        async with asyncio.timeout(timeout):
+            while len(self.accepted_samples()) < count:
+                self.arrived.clear()
+                await self.arrived.wait()

@@ -1,0 +1,226 @@
+"""The forwarder against an in-process receiver that fails on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import aiohttp
+import pytest
+from realparts import free_port
+from sinks import Answer, RecordingSink
+
+from enrichproxy.codec import decode_labels, decode_write_request, decompress, encode_labels
+from enrichproxy.config import RemoteWriteConfig
+from enrichproxy.forwarder import (
+    REMOTE_WRITE_HEADERS,
+    Destination,
+    encode_batch,
+    is_retryable,
+    retry_after_seconds,
+)
+from enrichproxy.model import OutputSample
+from enrichproxy.telemetry import Telemetry
+
+
+def _sample(series: int, timestamp: int, value: float = 1.0) -> OutputSample:
+    labels = (("__name__", "m_total"), ("series", str(series)), ("view", "v"))
+    return OutputSample(encode_labels(labels), timestamp, value)
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[RecordingSink]:
+    receiver = RecordingSink()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def _destination(
+    url: str, session: aiohttp.ClientSession, telemetry: Telemetry, **overrides: object
+) -> Destination:
+    settings: dict[str, object] = {
+        "url": url,
+        "name": "sink",
+        "min_backoff_ms": 10,
+        "max_backoff_ms": 50,
+        "shards": 2,
+    }
+    settings.update(overrides)
+    return Destination(RemoteWriteConfig(**settings), session, telemetry)  # type: ignore[arg-type]
+
+
+def _value(telemetry: Telemetry, name: str, **labels: str) -> float:
+    return telemetry.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_encode_batch_groups_samples_per_series_in_order() -> None:
+    batch = [_sample(1, 1000), _sample(2, 1000), _sample(1, 2000, 2.0)]
+    request = decode_write_request(decompress(encode_batch(batch)))
+    assert [(dict(decode_labels(s.label_bytes))["series"], s.samples) for s in request.series] == [
+        ("1", [(1000, 1.0), (2000, 2.0)]),
+        ("2", [(1000, 1.0)]),
+    ]
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
+    assert 15 < (retry_after_seconds(later) or 0) <= 20
+    assert retry_after_seconds("100000") == 300.0  # capped
+
+
+@pytest.mark.parametrize(
+    ("status", "retry"),
+    [(None, True), (500, True), (503, True), (429, True), (400, False), (404, False), (413, False)],
+)
+def test_which_answers_are_retried(status: int | None, retry: bool) -> None:
+    assert is_retryable(status) is retry
+
+
+async def test_sends_with_remote_write_headers_and_extra_headers(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    telemetry = Telemetry()
+    destination = _destination(
+        sink.url, session, telemetry, headers=(("X-Scope-OrgID", "tenant-1"),)
+    )
+    destination.start()
+    destination.enqueue([_sample(1, 1000)])
+    await sink.wait_accepted(1)
+    assert await destination.drain(5)
+    await destination.stop()
+    headers = sink.accepted[0].headers
+    for name, value in REMOTE_WRITE_HEADERS.items():
+        assert headers[name] == value
+    assert headers["X-Scope-OrgID"] == "tenant-1"
+    assert _value(telemetry, "enrichproxy_forward_samples_total", destination="sink") == 1
+
+
+async def test_retries_5xx_and_connection_errors_until_accepted(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    telemetry = Telemetry()
+    sink.answers.extend([Answer(500, "boom"), Answer(503)])
+    destination = _destination(sink.url, session, telemetry, shards=1)
+    destination.start()
+    destination.enqueue([_sample(1, 1000)])
+    await sink.wait_accepted(1)
+    assert await destination.drain(5)
+    await destination.stop()
+    assert len(sink.attempts) == 3
+    assert sink.accepted_samples() == [(sink.accepted[0].series[0][0], 1000, 1.0)]
+    assert _value(telemetry, "enrichproxy_forward_retries_total", destination="sink") == 2
+    assert _value(telemetry, "enrichproxy_forward_requests_total", destination="sink", code="500")
+
+
+async def test_connection_refused_is_retried_and_counted(session: aiohttp.ClientSession) -> None:
+    telemetry = Telemetry()
+    url = f"http://127.0.0.1:{free_port()}/api/v1/write"
+    destination = _destination(url, session, telemetry, shards=1, capacity=1)
+    destination.start()
+    destination.enqueue([_sample(1, 1000)])
+    assert destination.full
+    async with asyncio.timeout(5):
+        while _value(telemetry, "enrichproxy_forward_retries_total", destination="sink") < 2:
+            await asyncio.sleep(0.01)
+    # Shutting down with the destination still down: given up within the deadline, counted.
+    await destination.drain(0.2)
+    await destination.stop()
+    assert destination.queued == 0
+    assert _value(telemetry, "enrichproxy_forward_requests_total", destination="sink", code="error")
+    assert (
+        _value(
+            telemetry,
+            "enrichproxy_forward_samples_dropped_total",
+            destination="sink",
+            reason="shutdown",
+        )
+        == 1
+    )
+
+
+async def test_429_honours_retry_after(sink: RecordingSink, session: aiohttp.ClientSession) -> None:
+    telemetry = Telemetry()
+    sink.answers.append(Answer(429, "slow down", {"Retry-After": "1"}))
+    destination = _destination(sink.url, session, telemetry, shards=1)
+    destination.start()
+    started = time.monotonic()
+    destination.enqueue([_sample(1, 1000)])
+    await sink.wait_accepted(1)
+    elapsed = time.monotonic() - started
+    await destination.stop()
+    assert len(sink.attempts) == 2
+    assert elapsed >= 0.95  # backoff alone would have been <= 50 ms
+
+
+async def test_permanent_4xx_drops_the_batch_counts_it_and_goes_on(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    telemetry = Telemetry()
+    sink.answers.append(Answer(400, "out of order sample"))
+    destination = _destination(sink.url, session, telemetry, shards=1)
+    destination.start()
+    destination.enqueue([_sample(1, 1000), _sample(2, 1000)])
+    async with asyncio.timeout(5):
+        while not sink.attempts:
+            await asyncio.sleep(0.01)
+    destination.enqueue([_sample(1, 2000)])
+    await sink.wait_accepted(1)
+    assert await destination.drain(5)
+    await destination.stop()
+    assert len(sink.attempts) == 2
+    assert [ts for _, ts, _ in sink.accepted_samples()] == [2000]
+    dropped = _value(
+        telemetry, "enrichproxy_forward_samples_dropped_total", destination="sink", reason="400"
+    )
+    assert dropped == 2
+
+
+async def test_batches_respect_max_samples_per_send(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    telemetry = Telemetry()
+    destination = _destination(sink.url, session, telemetry, shards=1, max_samples_per_send=10)
+    destination.start()
+    destination.enqueue([_sample(n, 1000) for n in range(35)])
+    await sink.wait_accepted(35)
+    await destination.stop()
+    sizes = [sum(len(s) for _, s in received.series) for received in sink.accepted]
+    assert max(sizes) <= 10
+    assert sum(sizes) == 35
+
+
+async def test_each_series_stays_in_order_through_failures(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    telemetry = Telemetry()
+    sink.answers.extend([Answer(500), Answer(503), Answer(429), Answer(502)])
+    destination = _destination(sink.url, session, telemetry, shards=3, max_samples_per_send=7)
+    destination.start()
+    total = 0
+    for step in range(1, 11):
+        destination.enqueue([_sample(n, step * 1000, float(step)) for n in range(20)])
+        total += 20
+        await asyncio.sleep(0.005)
+    await sink.wait_accepted(total)
+    await destination.stop()
+    per_series: dict[tuple[tuple[str, str], ...], list[int]] = defaultdict(list)
+    for labels, timestamp, _ in sink.accepted_samples():
+        per_series[labels].append(timestamp)
+    assert len(per_series) == 20
+    for timestamps in per_series.values():
+        assert timestamps == sorted(timestamps)
+        assert len(timestamps) == len(set(timestamps)) == 10
