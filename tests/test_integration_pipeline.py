@@ -32,7 +32,7 @@ from enrichproxy.codec import compress, encode_labels, encode_write_request
 
 pytestmark = pytest.mark.integration
 
-DOCUMENTS = [
+DOCUMENTS: list[dict[str, Any]] = [
     {"pod": "checkout-a", "service": "checkout", "team": "orders", "tier": "gold"},
     {"pod": "checkout-b", "service": "checkout", "team": "orders", "tier": "gold"},
     {"pod": "payment-a", "service": "payment", "team": "payments", "tier": 1},  # stringified

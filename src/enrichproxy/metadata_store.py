@@ -63,7 +63,9 @@ class MetadataStore:
         try:
             documents = await collection.find({}, projection).to_list(None)
         except PyMongoError as exc:
-            raise MetadataUnavailable(f"reading {self.spec.collection}: {exc}") from None
+            # The driver appends its whole topology description; the first part says why.
+            reason = str(exc).split(", Topology Description:")[0]
+            raise MetadataUnavailable(f"reading {self.spec.collection}: {reason}") from None
         self._version += 1
         build = build_table(documents, self.spec, self._version, time.time())
         for rejection in build.rejections[:MAX_LOGGED_REJECTIONS]:
