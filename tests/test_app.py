@@ -19,7 +19,7 @@ from pymongo import AsyncMongoClient
 from realparts import MongoProcess, MongoServer, free_port
 from sinks import Answer, RecordingSink
 
-from enrichproxy.app import PROXY, create_app
+from enrichproxy.app import PROXY, Proxy, create_app
 from enrichproxy.codec import compress, encode_labels, encode_write_request
 from enrichproxy.config import Config, parse_config
 from enrichproxy.telemetry import Telemetry
@@ -91,9 +91,16 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
             await asyncio.sleep(0.05)
 
 
+def proxy_of(client: TestClient[Any, Any]) -> Proxy:
+    app = client.app
+    assert app is not None
+    proxy: Proxy = app[PROXY]
+    return proxy
+
+
 def metric(client: TestClient[Any, Any], name: str, **labels: str) -> float | None:
-    proxy = client.server.app[PROXY]
-    return proxy.telemetry.registry.get_sample_value(name, labels)
+    value: float | None = proxy_of(client).telemetry.registry.get_sample_value(name, labels)
+    return value
 
 
 async def test_writes_get_503_until_the_metadata_table_is_loaded(
@@ -150,12 +157,12 @@ async def test_full_queue_answers_503_and_loses_nothing(
     )
     assert second.status == 204
     # The flusher emits the first window into the queue, which is then full.
-    await wait_until(lambda: asyncio.sleep(0, client.server.app[PROXY].forwarder.full))
+    await wait_until(lambda: asyncio.sleep(0, proxy_of(client).forwarder.full))
     refused = await client.post("/api/v1/write", data=write_body("a", [(now, 3)]), headers=HEADERS)
     assert refused.status == 503
     assert "queue" in await refused.text()
     sink.hold.set()
-    await wait_until(lambda: asyncio.sleep(0, not client.server.app[PROXY].forwarder.full))
+    await wait_until(lambda: asyncio.sleep(0, not proxy_of(client).forwarder.full))
     retried = await client.post("/api/v1/write", data=write_body("a", [(now, 3)]), headers=HEADERS)
     assert retried.status == 204
     await client.close()  # shutdown: the open windows are emitted and drained
