@@ -64,6 +64,7 @@ class InputSeries:
         "live",
         "offset",
         "pending",
+        "predecessor",
     )
 
     def __init__(self, agg: ViewAggregator, group: OutputGroup, is_counter: bool) -> None:
@@ -78,6 +79,8 @@ class InputSeries:
         self.pending: list[tuple[int, float, bool]] = []
         self.closed_contribution = 0.0
         self.closed_live = False
+        # Its state in the group it moved from, until its first sample here (see ``attach``).
+        self.predecessor: InputSeries | None = None
 
     def contribution(self) -> float:
         """What this input adds to its group now (0 for a gauge that has ended)."""
@@ -100,6 +103,8 @@ class InputSeries:
         self.last_seen_ms = timestamp_ms
         if timestamp_ms > agg.max_timestamp_ms:
             agg.max_timestamp_ms = timestamp_ms
+        if self.predecessor is not None:
+            self._hand_over(window)
         last = self.last_value
         if self.is_counter:
             if last is not None and value < last:
@@ -125,12 +130,27 @@ class InputSeries:
         self.last_seen_ms = timestamp_ms
         if timestamp_ms > agg.max_timestamp_ms:
             agg.max_timestamp_ms = timestamp_ms
+        if self.predecessor is not None:
+            self._hand_over(window)
         self.live = False
         self._record(window, self.contribution(), False)
         return Observed.ACCEPTED
 
+    def _hand_over(self, window: int) -> None:
+        """The first sample since the input moved: it left its old group in this window, if
+        that is earlier than the window its move was first placed in."""
+        predecessor = self.predecessor
+        self.predecessor = None
+        if predecessor is not None and predecessor.pending and window < predecessor.pending[-1][0]:
+            predecessor._record(window, predecessor.contribution(), False)
+
     def _record(self, window: int, contribution: float, live: bool) -> None:
         pending = self.pending
+        # Only a state the aggregator set ahead of the input's samples (an end after
+        # ``stale_after``, a move at the watermark) can sit in a later window. A sample before
+        # that window proves the input still fed this group then: that state no longer holds.
+        while pending and pending[-1][0] > window:
+            pending.pop()
         if pending and pending[-1][0] == window:
             pending[-1] = (window, contribution, live)
         else:
@@ -158,7 +178,7 @@ class InputSeries:
 class OutputGroup:
     """One output series of a view and the inputs that feed it."""
 
-    __slots__ = ("_agg", "emitted_live", "inputs", "label_bytes", "labels", "retired")
+    __slots__ = ("_agg", "departed", "emitted_live", "inputs", "label_bytes", "labels", "retired")
 
     def __init__(self, agg: ViewAggregator, labels: Labels, label_bytes: bytes) -> None:
         self._agg = agg
@@ -167,6 +187,8 @@ class OutputGroup:
         self.inputs: dict[bytes, InputSeries] = {}
         # Contributions of counter inputs that left the group (forgotten or moved elsewhere).
         self.retired = 0.0
+        # Inputs that moved to another group while windows they fed here were still open.
+        self.departed: list[InputSeries] = []
         self.emitted_live = False
 
     def touch(self, window: int) -> None:
@@ -180,6 +202,19 @@ class OutputGroup:
             series.settle(window)
             parts.append(series.closed_value())
             live = live or series.closed_live
+        if self.departed:
+            for series in self.departed:
+                series.settle(window)
+                parts.append(series.closed_value())
+                live = live or series.closed_live
+            # Once its last window here is settled, a departed input is only its total.
+            still_open = []
+            for series in self.departed:
+                if series.pending:
+                    still_open.append(series)
+                elif series.is_counter:
+                    self.retired += series.closed_contribution
+            self.departed = still_open
         return math.fsum(parts), live
 
 
@@ -212,7 +247,10 @@ class ViewAggregator:
 
         An input that moves to another group (its metadata changed) leaves its counted total
         with the old group and counts only its future increases in the new one, so neither
-        output goes down or jumps.
+        output goes down or jumps. The old group keeps the input in every window it fed there,
+        emitted or not. The move is placed in the window after the newest sample's (the
+        watermark's); when the input's first sample in its new group comes earlier, in that
+        sample's window. So a gauge is in exactly one of the two groups in every window.
         """
         series = self.inputs.get(input_key)
         if series is not None and series.group.labels == output_labels:
@@ -225,25 +263,38 @@ class ViewAggregator:
         moved = series
         series = InputSeries(self, group, is_counter)
         if moved is not None:
-            self._detach(input_key, moved)
-            if moved.last_value is not None:
-                series.last_value = moved.last_value
-                series.last_seen_ms = moved.last_seen_ms
-                series.offset = -moved.last_value if is_counter else 0.0
+            self._move(input_key, moved, series)
         group.inputs[input_key] = series
         self.inputs[input_key] = series
         return series
 
-    def _detach(self, input_key: bytes, series: InputSeries) -> None:
-        old_group = series.group
-        if series.is_counter:
-            old_group.retired += series.contribution()
+    def _move(self, input_key: bytes, moved: InputSeries, series: InputSeries) -> None:
+        old_group = moved.group
         del old_group.inputs[input_key]
         del self.inputs[input_key]
-        if series.live and self.max_timestamp_ms != _NEVER:
-            # The old group's next window must show the input gone (a gauge sum drops it).
-            window = -(-self.max_timestamp_ms // self.interval_ms)
-            old_group.touch(max(self.closed_window + 1, window))
+        if moved.last_value is not None:
+            series.last_value = moved.last_value
+            series.last_seen_ms = moved.last_seen_ms
+            series.offset = -moved.last_value if series.is_counter else 0.0
+        if moved.live:
+            window = max(self.closed_window + 1, -(-self.max_timestamp_ms // self.interval_ms) + 1)
+            moved.live = False
+            moved._record(window, moved.contribution(), False)
+            series.live = True
+            series._record(window, series.contribution(), True)
+            series.predecessor = moved
+        if moved.pending:
+            old_group.departed.append(moved)
+        elif moved.is_counter:
+            old_group.retired += moved.contribution()
+
+    def _forget(self, input_key: bytes, series: InputSeries) -> None:
+        """Drop an ended, settled input; a counter's total stays with its group."""
+        group = series.group
+        if series.is_counter:
+            group.retired += series.contribution()
+        del group.inputs[input_key]
+        del self.inputs[input_key]
 
     def touch(self, window: int, group: OutputGroup) -> None:
         groups = self._open.get(window)
@@ -297,10 +348,10 @@ class ViewAggregator:
                 window = -(-(series.last_seen_ms + settings.stale_after_ms) // self.interval_ms)
                 series._record(max(window, self.closed_window + 1), series.contribution(), False)
             elif not series.live and not series.pending and series.last_seen_ms < forget_before:
-                self._detach(input_key, series)
+                self._forget(input_key, series)
                 self.forgotten_inputs += 1
 
     def _forget_groups(self) -> None:
         for labels, group in list(self.groups.items()):
-            if not group.inputs and not group.emitted_live:
+            if not group.inputs and not group.departed and not group.emitted_live:
                 del self.groups[labels]

@@ -34,6 +34,9 @@ _TAG_EXEMPLAR = 0x1A  # field 3, LEN
 _TAG_HISTOGRAM = 0x22  # field 4, LEN
 _TAG_SAMPLE_VALUE = 0x09  # field 1, I64
 _TAG_SAMPLE_TIMESTAMP = 0x10  # field 2, VARINT
+# Sample field bytes (tag, length) + value (tag, 8 bytes) + timestamp tag + one varint byte.
+_MIN_FAST_SAMPLE_FIELD = 13
+_UINT64_MASK = (1 << 64) - 1
 
 _unpack_double = struct.Struct("<d").unpack_from
 _pack_double = struct.Struct("<d").pack
@@ -177,10 +180,13 @@ def decode_write_request(buf: bytes) -> DecodedRequest:
                 else:
                     size, labels_end = _varint(buf, labels_end + 1, stop)
                     labels_end += size
+            # The sample must hold at least its value field, the timestamp tag and one varint
+            # byte: proto3 senders leave out a zero timestamp or value.
             if (
                 labels_end < stop
                 and buf[labels_end] == _TAG_SAMPLE
                 and labels_end + 2 + buf[labels_end + 1] == stop
+                and stop - labels_end >= _MIN_FAST_SAMPLE_FIELD
                 and buf[labels_end + 2] == _TAG_SAMPLE_VALUE
                 and buf[labels_end + 11] == _TAG_SAMPLE_TIMESTAMP
             ):
@@ -188,22 +194,33 @@ def decode_write_request(buf: bytes) -> DecodedRequest:
                 timestamp = timestamps.get(timestamp_bytes)
                 if timestamp is None:
                     timestamp = _timestamp(timestamp_bytes)
-                    timestamps[timestamp_bytes] = timestamp
-                value = _unpack_double(buf, labels_end + 3)[0]
-                append(RawSeries(buf[pos:labels_end], [(timestamp, value)]))
-            else:
-                append(_decode_series(buf, pos, stop, request))
+                    if timestamp is not None:
+                        timestamps[timestamp_bytes] = timestamp
+                if timestamp is not None:
+                    value = _unpack_double(buf, labels_end + 3)[0]
+                    append(RawSeries(buf[pos:labels_end], [(timestamp, value)]))
+                    pos = stop
+                    continue
+            append(_decode_series(buf, pos, stop, request))
             pos = stop
     except IndexError:
         raise DecodeError("protobuf: truncated message") from None
     return request
 
 
-def _timestamp(varint: bytes) -> int:
-    """An int64 from exactly the bytes of one varint."""
-    value, used = _varint(varint, 0, len(varint))
-    if used != len(varint):
-        raise DecodeError("protobuf: malformed sample timestamp")
+def _timestamp(varint: bytes) -> int | None:
+    """The int64 when ``varint`` is exactly one varint; None when it is not (more fields follow
+    the timestamp, or it is cut short), and the general decoder reads the sample instead."""
+    try:
+        value, used = _varint(varint, 0, len(varint))
+    except DecodeError:
+        return None
+    return _int64(value) if used == len(varint) else None
+
+
+def _int64(value: int) -> int:
+    """A varint as int64, as protobuf reads it: bits past the 64th are dropped."""
+    value &= _UINT64_MASK
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
@@ -270,7 +287,7 @@ def _decode_sample(buf: bytes, pos: int, end: int) -> RawSample:
         value = _unpack_double(buf, pos + 1)[0]
         timestamp, after = _varint(buf, pos + 10, end)
         if after == end:
-            return (timestamp - (1 << 64) if timestamp >= 1 << 63 else timestamp), value
+            return _int64(timestamp), value
     value = 0.0
     timestamp = 0
     while pos < end:
@@ -284,9 +301,7 @@ def _decode_sample(buf: bytes, pos: int, end: int) -> RawSample:
             timestamp, pos = _varint(buf, pos, end)
         else:
             pos = _skip_field(buf, pos, end, tag)
-    if timestamp >= 1 << 63:
-        timestamp -= 1 << 64
-    return timestamp, value
+    return _int64(timestamp), value
 
 
 def _decode_string(buf: bytes, pos: int, end: int) -> tuple[str, int]:

@@ -275,6 +275,12 @@ def _parse_metadata(data: Any, problems: _Problems) -> MetadataConfig:
     fields = default.fields
     if section.data.get("fields") is not None:
         fields = _label_list(problems, section.data["fields"], section.at("fields"))
+        for index, name in enumerate(fields):
+            if name.startswith("__"):
+                problems.add(
+                    f"{section.at('fields')}[{index}]",
+                    f"{name!r}: names starting with __ are reserved by Prometheus",
+                )
     uri = section.get("mongodb_uri", default.mongodb_uri, _string)
     if not uri.startswith(("mongodb://", "mongodb+srv://")):
         problems.add(section.at("mongodb_uri"), "must start with mongodb:// or mongodb+srv://")

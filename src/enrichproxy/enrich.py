@@ -25,15 +25,17 @@ class Enriched(NamedTuple):
     """None when ``on_missing: drop`` dropped the series."""
     lookup: Lookup
     conflicts: int
-    """Enrichment labels the series already had (resolved by ``on_conflict``)."""
+    """Enrichment labels the series already had with another value (resolved by
+    ``on_conflict``); a label that already has the table's value is no conflict."""
 
 
 def enrich(labels: Labels, table: MetadataTable, spec: MetadataConfig) -> Enriched:
     """Add the table's labels for the series' key label.
 
     On a hit the key label is removed when ``drop_key_label`` is set. When the series already
-    carries a label the table also provides, ``on_conflict`` decides: ``overwrite`` (default; the
-    table is the source of truth) or ``keep`` the series' own value. Either way it is counted.
+    carries a label the table also provides with another value, ``on_conflict`` decides:
+    ``overwrite`` (default; the table is the source of truth) or ``keep`` the series' own value.
+    Either way it is counted.
     """
     current = dict(labels)
     key = current.get(spec.key_label)
@@ -47,7 +49,8 @@ def enrich(labels: Labels, table: MetadataTable, spec: MetadataConfig) -> Enrich
         return Enriched(None if spec.on_missing == "drop" else labels, result, 0)
     conflicts = 0
     for name, value in extra:
-        if name in current:
+        existing = current.get(name)
+        if existing is not None and existing != value:
             conflicts += 1
             if spec.on_conflict == "keep":
                 continue

@@ -171,9 +171,13 @@ class Destination:
                 await shard.wakeup.wait()
                 continue
             batch = [shard.queue.popleft() for _ in range(min(limit, len(shard.queue)))]
+            finished = False
             try:
-                await self._send(batch)
+                await self._send(batch)  # accounts for what it sent or gave up on
+                finished = True
             finally:
+                if not finished:  # cancelled mid-send at shutdown
+                    self._telemetry.forward_dropped.labels(self.name, "shutdown").inc(len(batch))
                 self.queued -= len(batch)
                 if self.queued == 0:
                     self._idle.set()

@@ -1,7 +1,8 @@
 """PromQL series selectors (``{__name__=~"order_.*", job!="x"}``) compiled into predicates.
 
 Parsing is promql-parser's (a maintained PromQL parser); matching follows PromQL: regexes are
-anchored at both ends, and a missing label matches as the empty string.
+anchored at both ends, ``.`` also matches a newline (Prometheus 3 compiles ``^(?s:re)$``), and a
+missing label matches as the empty string.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Matcher:
         if self.op == "!=":
             unexpected = self.value
             return lambda actual: actual != unexpected
-        pattern = re.compile(self.value)
+        pattern = re.compile(self.value, re.DOTALL)
         if self.op == "=~":
             return lambda actual: pattern.fullmatch(actual) is not None
         return lambda actual: pattern.fullmatch(actual) is None
