@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench check clean system-deps proto
+.PHONY: demo test lint fmt bench check clean system-deps test-deps proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,16 +12,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The Debian prometheus binary is the real upstream/downstream in tests and the demo.
+# Debian's prometheus is the real upstream/downstream in the demo and the tests; the tests also
+# validate compose.yaml with Debian's docker-compose (v1, no engine needed).
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	$$SUDO apt-get install -y -qq --no-install-recommends
+
 system-deps:
-	@command -v prometheus >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v prometheus >/dev/null || { $(APT_INSTALL) prometheus; }
+
+test-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
+	  && command -v docker-compose >/dev/null || { $(APT_INSTALL) prometheus docker-compose; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/python -m enrichproxy demo --config conf/enrichproxy.yaml --metadata conf/metadata.yaml
 
-test: $(STAMP) system-deps
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

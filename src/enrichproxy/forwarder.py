@@ -223,8 +223,8 @@ class Destination:
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         ceiling = self.config.max_backoff_ms / 1000
-        base = min(ceiling, self.config.min_backoff_ms / 1000 * (2**attempt))
-        # Full jitter over the upper half keeps retries of many shards from synchronising.
+        base = min(ceiling, self.config.min_backoff_ms / 1000 * 2.0**attempt)
+        # "Equal jitter" (a random point in the upper half) keeps shards from retrying in step.
         delay = base / 2 + self._rng.random() * base / 2
         if retry_after is not None:
             delay = max(delay, retry_after)

@@ -9,7 +9,8 @@ Two layers, as in the rest of enrichproxy:
 
 * a pure core, with no clock, sockets or database: ``Fleet`` turns a timestamp into the next
   ``Scrape``; ``Batcher`` cuts scrapes into requests; ``RequestEncoder`` turns a request into
-  protobuf bytes; ``Pacer`` says how long to wait to hold a rate; ``LoadReport`` sums answers.
+  protobuf bytes; ``Pacer`` says how long to wait to hold a rate; ``RoundClock`` stamps
+  rounds (wall clock, or replayed history); ``LoadReport`` sums answers.
 * shells: ``generate_load`` posts to an endpoint with aiohttp, ``MetadataSeeder`` upserts the
   fleet's documents with pymongo's AsyncMongoClient, and ``add_arguments`` / ``run`` are the
   ``enrichproxy loadgen`` command.
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TextIO
 
 import aiohttp
+import yaml
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.errors import PyMongoError
 
@@ -61,9 +63,9 @@ DEFAULT_TIMEOUT = "10s"
 DEFAULT_SEED = 1
 DEFAULT_DATABASE = "metrics"
 DEFAULT_COLLECTION = "pod_metadata"
-# Per pod and scrape round. At the default rate a round comes every ~0.2 s, so these give a pod
-# restart and a pod replacement every second or so across 500 pods: rare per series, but seen
-# within any run long enough to measure.
+# Per pod and scrape round. At the default rate a round of 500 pods comes every ~0.2 s, so each
+# is a few times a second across the fleet: rare per series (a pod lives ~1,000 rounds), but
+# seen within seconds by whatever consumes the load.
 DEFAULT_RESTART_PROBABILITY = 0.001
 DEFAULT_CHURN_PROBABILITY = 0.001
 
@@ -80,6 +82,10 @@ PROGRESS_INTERVAL_S = 1.0
 # When the target is slower than the requested rate, the pacer does not build up credit for more
 # than this much lag: otherwise a stalled target would be hit by a burst once it recovers.
 MAX_CATCH_UP_S = 1.0
+# How far back a replay (--sample-interval) starts. A 500-pod fleet replayed at 15 s per round
+# and 200 k samples/s covers about 5 min of sample time per second, so a day lasts minutes.
+# (A receiver that refuses old samples, like Prometheus' TSDB, will refuse a replay.)
+REPLAY_HISTORY_MS = 24 * 3_600_000
 # Bounds the wait for a Mongo that is down, so a seeding run fails in seconds, not pymongo's 30 s.
 MONGO_TIMEOUT_MS = 5_000
 
@@ -91,6 +97,8 @@ STATUS_CONNECTION_ERROR = "connection_error"
 EXIT_OK = 0
 EXIT_NOT_ALL_ACCEPTED = 1
 """Some request was not answered 2xx (the report says which), or seeding failed."""
+EXIT_USAGE = 2
+"""A bad argument argparse could not catch (an unreadable ``--pods-from`` file), as argparse."""
 
 # --- the simulated product ----------------------------------------------------------------------
 
@@ -246,11 +254,12 @@ class _Pod:
 
 
 class Fleet:
-    """The simulated product: ``pods`` pods over about pods/10 services.
+    """The simulated product: ``pods`` pods over about pods/10 services, or the given pods.
 
     Pure and deterministic: the same ``seed`` and the same sequence of ``scrape`` timestamps give
     the same samples, so a run can be replayed and a seeding run and a sending run (same seed and
-    pod count) agree on pod names.
+    pod count) agree on pod names. With ``pods_metadata`` the fleet is exactly those pods (say, an
+    existing metadata table); replacements still get new names.
     """
 
     def __init__(
@@ -260,18 +269,30 @@ class Fleet:
         *,
         restart_probability: float = DEFAULT_RESTART_PROBABILITY,
         churn_probability: float = DEFAULT_CHURN_PROBABILITY,
+        pods_metadata: Sequence[PodMetadata] | None = None,
     ) -> None:
-        if pods <= 0:
-            raise ValueError("a fleet needs at least one pod")
         self._rng = random.Random(seed)
         self.restart_probability = restart_probability
         self.churn_probability = churn_probability
-        self.services = service_names(max(1, round(pods / PODS_PER_SERVICE)))
         self._used_names: set[str] = set()
         self._pods_created = 0
+        if pods_metadata is not None:
+            if not pods_metadata:
+                raise ValueError("a fleet needs at least one pod")
+            services = {(p.service, p.team, p.tier): None for p in pods_metadata}
+            self.services = list(services)
+            self._pods = [self._add_pod(metadata) for metadata in pods_metadata]
+            return
+        if pods <= 0:
+            raise ValueError("a fleet needs at least one pod")
+        self.services = service_names(max(1, round(pods / PODS_PER_SERVICE)))
         self._pods = [
             self._new_pod(self.services[index % len(self.services)]) for index in range(pods)
         ]
+
+    @property
+    def pod_count(self) -> int:
+        return len(self._pods)
 
     @property
     def series_per_scrape(self) -> int:
@@ -338,12 +359,43 @@ class Fleet:
             pod_name = f"{name}-{self._rng.getrandbits(20):05x}"
             if pod_name not in self._used_names:
                 break
-        self._used_names.add(pod_name)
+        return self._add_pod(PodMetadata(pod_name, name, team, tier))
+
+    def _add_pod(self, metadata: PodMetadata) -> _Pod:
+        if metadata.pod in self._used_names:
+            raise ValueError(f"pod {metadata.pod!r} appears twice")
+        self._used_names.add(metadata.pod)
         serial = self._pods_created
         self._pods_created += 1
         # A pod IP from 10.0.0.0/8, unique per pod ever created, as a cluster's pod CIDR gives.
         instance = f"10.{serial >> 16 & 255}.{serial >> 8 & 255}.{serial & 255}:{SCRAPE_PORT}"
-        return _Pod(PodMetadata(pod_name, name, team, tier), instance)
+        return _Pod(metadata, instance)
+
+
+def load_pods(path: str) -> list[PodMetadata]:
+    """Pods from a YAML list of metadata documents (conf/metadata.yaml's format).
+
+    ValueError naming the file and the entry when it is not one: each entry needs ``pod`` and
+    ``service``; ``team`` and ``tier`` may be left out.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of pod documents")
+    pods: list[PodMetadata] = []
+    for index, item in enumerate(data):
+        fields = item if isinstance(item, dict) else {}
+        values = {name: fields.get(name) for name in ("pod", "service", "team", "tier")}
+        if not all(isinstance(values[name], str) and values[name] for name in ("pod", "service")):
+            raise ValueError(f"{path}: [{index}] needs string fields pod and service")
+        text = {name: str(value) if value is not None else "" for name, value in values.items()}
+        pods.append(PodMetadata(text["pod"], text["service"], text["team"], text["tier"]))
+    return pods
 
 
 # --- requests -----------------------------------------------------------------------------------
@@ -352,8 +404,8 @@ class Fleet:
 class Batcher:
     """Cuts the stream of scraped samples into requests of at most ``batch_size`` series.
 
-    Requests may span two scrape rounds, as a Prometheus queue shard fills its batches, so every
-    request but the last of a run is full.
+    A request may span two scrape rounds, as a Prometheus queue shard fills its batches from
+    whatever was scraped; the sender decides when a partial batch goes out anyway.
     """
 
     def __init__(self, batch_size: int) -> None:
@@ -479,6 +531,33 @@ class Pacer:
         self._scheduled += samples
 
 
+class RoundClock:
+    """The timestamp of each scrape round: the wall clock, or replayed history.
+
+    Wall mode (no ``interval_ms``): the current time, at least 1 ms after the previous round.
+    Replay mode: rounds ``interval_ms`` apart in sample time, starting ``REPLAY_HISTORY_MS``
+    before the first round, so production-shaped traffic (each series sampled once per scrape
+    interval) can be sent faster than real time. A round is never ahead of the wall clock: a
+    replay that catches up goes on in wall mode. Pure: callers pass the wall time.
+    """
+
+    def __init__(self, interval_ms: int | None = None) -> None:
+        self.interval_ms = interval_ms
+        self._previous: int | None = None
+
+    def next(self, wall_ms: int) -> int:
+        """The next round's timestamp; when it is after ``wall_ms``, wait until then."""
+        previous, interval = self._previous, self.interval_ms
+        if previous is None:
+            timestamp = wall_ms - REPLAY_HISTORY_MS if interval else wall_ms
+        elif interval:
+            timestamp = min(previous + interval, max(wall_ms, previous + 1))
+        else:
+            timestamp = max(wall_ms, previous + 1)
+        self._previous = timestamp
+        return timestamp
+
+
 def percentile(sorted_values: Sequence[float], quantile: float) -> float:
     """Nearest-rank percentile of already sorted values; NaN when there are none."""
     if not sorted_values:
@@ -586,6 +665,8 @@ class LoadSettings:
     duration_ms: int = 30_000
     max_requests: int | None = None
     timeout_ms: int = 10_000
+    sample_interval_ms: int | None = None
+    """Replay mode (see RoundClock): rounds this far apart in sample time; None: wall clock."""
 
 
 PodsStartedHook = Callable[[list[PodMetadata]], None]
@@ -638,19 +719,6 @@ async def _post(
     report.record(status, samples, (loop.time() - started) * 1000.0)
 
 
-async def _next_timestamp(previous_ms: int | None, wall_ms: Callable[[], int]) -> int:
-    """Wall-clock ms for a new round, at least 1 ms after ``previous_ms``.
-
-    Waits instead of running ahead of the clock: a small fleet at a high rate would otherwise
-    drift into the future, and the proxy refuses samples too far ahead of its clock.
-    """
-    now_ms = wall_ms()
-    if previous_ms is None or now_ms > previous_ms:
-        return now_ms
-    await asyncio.sleep((previous_ms + 1 - now_ms) / 1000.0)
-    return max(previous_ms + 1, wall_ms())
-
-
 def _wall_ms() -> int:
     # The loop clock is monotonic, not wall time; samples need the real time of day.
     return time.time_ns() // 1_000_000
@@ -663,8 +731,17 @@ async def generate_load(
     on_pods_started: PodsStartedHook | None = None,
     progress: TextIO | None = None,
     wall_ms: Callable[[], int] = _wall_ms,
+    round_clock: RoundClock | None = None,
 ) -> LoadReport:
     """Scrape ``fleet`` round after round and post it to ``settings.url`` until time is up.
+
+    At a ``rate``, a round is scraped every ``series / rate`` seconds and its requests are spread
+    over that period; a round's last, partial request goes out without waiting for the next one.
+    Without a rate, requests are always full and go out as fast as ``concurrency`` allows.
+
+    Each round is stamped by ``round_clock`` (by default a new one for
+    ``settings.sample_interval_ms``); pass the same clock to successive runs on one fleet so
+    their timestamps keep increasing.
 
     Stops starting requests at ``duration_ms`` or after ``max_requests``, then waits for the
     ones in flight (each bounded by ``timeout_ms``). Never retries: every answer is counted.
@@ -680,7 +757,12 @@ async def generate_load(
     start = loop.time()
     deadline = start + settings.duration_ms / 1000.0
     pacer = Pacer(settings.rate, start)
-    last_timestamp: int | None = None
+    if round_clock is None:
+        round_clock = RoundClock(settings.sample_interval_ms)
+    # The fleet is scraped once per period: its series at the requested rate (period 0, as fast
+    # as taken, when there is no rate).
+    round_period = fleet.series_per_scrape / settings.rate if settings.rate > 0 else 0.0
+    next_round = start
     requests_started = 0
 
     def finished(task: asyncio.Task[None]) -> None:
@@ -693,12 +775,19 @@ async def generate_load(
             reporter = _Progress(report, progress, start)
             progress_task = asyncio.create_task(reporter.loop(lambda: len(in_flight)))
         try:
-            while loop.time() < deadline and (
-                settings.max_requests is None or requests_started < settings.max_requests
-            ):
-                while len(batcher) < settings.batch:
-                    last_timestamp = await _next_timestamp(last_timestamp, wall_ms)
-                    scrape = fleet.scrape(last_timestamp)
+            while settings.max_requests is None or requests_started < settings.max_requests:
+                now = loop.time()
+                if now >= deadline:
+                    break
+                if len(batcher) < settings.batch and now >= next_round:
+                    # Rounds come one period apart, as scrapes do; when the target falls behind,
+                    # at most MAX_CATCH_UP_S of them are made up, not the whole backlog.
+                    next_round = max(next_round + round_period, now - MAX_CATCH_UP_S)
+                    now_ms = wall_ms()
+                    timestamp = round_clock.next(now_ms)
+                    if timestamp > now_ms:  # wall mode, rounds less than 1 ms apart
+                        await asyncio.sleep((timestamp - now_ms) / 1000.0)
+                    scrape = fleet.scrape(timestamp)
                     report.rounds += 1
                     report.pods_started += len(scrape.started)
                     report.pods_ended += len(scrape.ended)
@@ -706,10 +795,17 @@ async def generate_load(
                     if scrape.started and on_pods_started is not None:
                         on_pods_started(scrape.started)
                     batcher.add(scrape.samples)
+                    continue
+                if not batcher:
+                    await asyncio.sleep(min(next_round, deadline) - now)
+                    continue
+                # A full batch, or what is left of the last round before the next one is due
+                # (a Prometheus queue sends a partial batch after its batch_send_deadline).
                 batch = batcher.take()
                 body = encoder.body(batch)
                 delay = pacer.delay(loop.time())
                 if loop.time() + delay >= deadline:
+                    await asyncio.sleep(max(0.0, deadline - loop.time()))
                     break
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -880,6 +976,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after N requests, if that comes before --duration",
     )
     target.add_argument(
+        "--sample-interval",
+        type=_positive_duration,
+        default=None,
+        metavar="DURATION",
+        help="replay: space scrape rounds this far apart in sample time (e.g. 15s), starting a"
+        " day back, instead of stamping them with the wall clock; sends production-shaped"
+        " traffic (one sample per series per interval) faster than real time, for benchmarks",
+    )
+    target.add_argument(
         "--timeout",
         type=_positive_duration,
         default=parse_duration_ms(DEFAULT_TIMEOUT),
@@ -893,6 +998,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PODS,
         help=f"pods, over about pods/{PODS_PER_SERVICE} services, {SERIES_PER_POD} series each"
         f" (default {DEFAULT_PODS})",
+    )
+    fleet.add_argument(
+        "--pods-from",
+        default=None,
+        metavar="PATH",
+        help="simulate exactly the pods of this YAML list of metadata documents (the format of "
+        "conf/metadata.yaml) instead of --pods generated ones; pod churn is then off by default,"
+        " as replacements would be missing from that table",
     )
     fleet.add_argument(
         "--seed",
@@ -911,10 +1024,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fleet.add_argument(
         "--churn-probability",
         type=_probability,
-        default=DEFAULT_CHURN_PROBABILITY,
+        default=None,
         metavar="P",
         help="chance per pod and scrape round that a new pod replaces it"
-        f" (default {DEFAULT_CHURN_PROBABILITY:g})",
+        f" (default {DEFAULT_CHURN_PROBABILITY:g}, 0 with --pods-from)",
     )
     metadata = parser.add_argument_group("metadata")
     metadata.add_argument(
@@ -952,15 +1065,22 @@ def settings_from_args(args: argparse.Namespace) -> LoadSettings:
         duration_ms=args.duration,
         max_requests=args.requests,
         timeout_ms=args.timeout,
+        sample_interval_ms=args.sample_interval,
     )
 
 
 def fleet_from_args(args: argparse.Namespace) -> Fleet:
+    """The fleet the flags describe; ValueError when ``--pods-from`` names a bad file."""
+    pods = load_pods(args.pods_from) if args.pods_from is not None else None
+    churn = args.churn_probability
+    if churn is None:
+        churn = 0.0 if pods is not None else DEFAULT_CHURN_PROBABILITY
     return Fleet(
         args.pods,
         args.seed,
         restart_probability=args.restart_probability,
-        churn_probability=args.churn_probability,
+        churn_probability=churn,
+        pods_metadata=pods,
     )
 
 
@@ -971,7 +1091,11 @@ async def run(args: argparse.Namespace) -> int:
     keeps the table current as pods are replaced. Otherwise it sends. The final report goes to
     stdout; 0 when every request was answered 2xx, 1 otherwise (the report says what came back).
     """
-    fleet = fleet_from_args(args)
+    try:
+        fleet = fleet_from_args(args)
+    except ValueError as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     settings = settings_from_args(args)
     seeder: MetadataSeeder | None = None
     if args.seed_metadata is not None:
@@ -990,8 +1114,10 @@ async def run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr)
     if not args.quiet:
         print(
-            f"loadgen: {fleet.series_per_scrape:,} series from {args.pods:,} pods to {settings.url}"
-            f" at {f'{settings.rate:,.0f} samples/s' if settings.rate else 'full speed'},"
+            f"loadgen: {fleet.series_per_scrape:,} series from {fleet.pod_count:,} pods"
+            f" to {settings.url}"
+            f" at {f'{settings.rate:,.0f} samples/s' if settings.rate else 'full speed'}"
+            f"{', replaying history' if settings.sample_interval_ms else ''},"
             f" {settings.concurrency} in flight, for {format_duration_ms(settings.duration_ms)}",
             file=sys.stderr,
         )

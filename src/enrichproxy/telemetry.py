@@ -23,7 +23,7 @@ from enrichproxy.pipeline import IngestResult, ViewOutput
 EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # `_created` series double every counter's exposition and no dashboard of ours reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

@@ -1,0 +1,23 @@
+// Seeds the metadata table enrichproxy joins on (database metrics, collection pod_metadata, as
+// conf/compose/enrichproxy.yaml reads it) from metadata.json, next to this file.
+//
+// The mongo image runs *.js files in /docker-entrypoint-initdb.d with mongosh once, at the first
+// start of an empty data volume (`podman compose down -v` to seed again). It has no YAML parser,
+// so metadata.json is a copy of conf/metadata.yaml; tests/test_deploy.py checks they agree.
+// Regenerate it with:
+//   .venv/bin/python -c 'import json, yaml; print(json.dumps(yaml.safe_load(open("conf/metadata.yaml")), indent=2))' > conf/mongo-init/metadata.json
+const fs = require("fs");
+
+const SEED_FILE = "/docker-entrypoint-initdb.d/metadata.json";
+const DATABASE = "metrics";
+const COLLECTION = "pod_metadata";
+const KEY_FIELD = "pod";
+
+const documents = JSON.parse(fs.readFileSync(SEED_FILE, "utf8"));
+const collection = db.getSiblingDB(DATABASE).getCollection(COLLECTION);
+// One document per pod: enrichproxy keeps the later one of duplicates and counts them.
+collection.createIndex({ [KEY_FIELD]: 1 }, { unique: true });
+for (const document of documents) {
+  collection.replaceOne({ [KEY_FIELD]: document[KEY_FIELD] }, document, { upsert: true });
+}
+print(`seeded ${DATABASE}.${COLLECTION} with ${documents.length} documents from ${SEED_FILE}`);
