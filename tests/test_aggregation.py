@@ -25,7 +25,7 @@ import pytest
 from promtext import decoded_request, format_output, format_sample, normalise, parse_lines
 
 from enrichproxy import codec
-from enrichproxy.aggregation import AggregationSettings, Observed, ViewAggregator
+from enrichproxy.aggregation import EXPIRY_SWEEP_MS, AggregationSettings, Observed, ViewAggregator
 from enrichproxy.config import Config, parse_config
 from enrichproxy.metadata_table import build_table
 from enrichproxy.model import (
@@ -703,7 +703,8 @@ def test_forgotten_inputs_leave_their_total_with_the_group() -> None:
     a.end(2000)
     b.observe(200_000, 2.0)
     aggregator.flush(200_000)
-    aggregator.flush(200_000)  # a's marker is settled: now it is forgotten
+    # Ends and forgetting are swept for every EXPIRY_SWEEP_MS of wall time.
+    aggregator.flush(200_000 + EXPIRY_SWEEP_MS)  # a's marker is settled: now it is forgotten
     assert aggregator.forgotten_inputs == 1
     assert set(aggregator.inputs) == {b"b"}
     again = aggregator.attach(b"a", GROUP, is_counter=True)  # back after retention: new input
@@ -723,8 +724,8 @@ def test_an_empty_group_is_forgotten_after_its_marker() -> None:
     a.observe(1000, 1.0)
     a.end(16_000)
     other.observe(400_000, 1.0)
-    for now in (400_000, 400_001, 400_002):
-        aggregator.flush(now)
+    for sweep in range(3):
+        aggregator.flush(400_000 + sweep * EXPIRY_SWEEP_MS)
     assert GROUP not in aggregator.groups
     assert list(aggregator.inputs) == [b"b"]
 

@@ -11,6 +11,7 @@ import pytest
 from promtext import decoded_request, format_output, format_sample, normalise
 
 from enrichproxy import codec, pipeline
+from enrichproxy.aggregation import EXPIRY_SWEEP_MS
 from enrichproxy.codec import DecodedRequest, RawSeries
 from enrichproxy.config import Config, load_config, parse_config
 from enrichproxy.enrich import Lookup
@@ -310,7 +311,8 @@ def test_forgotten_inputs_clear_the_cache() -> None:
     flow.ingest(decoded_request('x_total{pod="a",service="s"} 4 @1000'), 1000)
     flow.ingest(decoded_request('x_total{pod="b",service="s"} 1 @100000'), 100000)
     flow.flush(100000)  # pod a ends (unseen for 10 s)
-    flow.flush(100000)  # and, settled, is forgotten: its total stays with the group
+    # and, settled, is forgotten at the next sweep: its total stays with the group
+    flow.flush(100000 + EXPIRY_SWEEP_MS)
     assert flow.cached_series == 0
     flow.ingest(decoded_request('x_total{pod="a",service="s"} 3 @101000'), 101000)
     output = lines(flow.flush(101000, final=True))

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from enrichproxy.model import STALE_NAN, Labels, OutputSample
 
 _NEVER = -(1 << 63)
+# Looking for inputs that ended or can be forgotten visits every input: do it this often (wall
+# time) rather than at every flush. It only delays an end by up to this much.
+EXPIRY_SWEEP_MS = 5_000
 
 
 class Observed(enum.IntEnum):
@@ -114,7 +117,22 @@ class InputSeries:
             contribution = value
         self.last_value = value
         self.live = True
-        self._record(window, contribution, True)
+        # _record, inlined: this line runs for every sample in every view.
+        pending = self.pending
+        if pending:
+            last_window = pending[-1][0]
+            if last_window == window:
+                pending[-1] = (window, contribution, True)
+                return Observed.ACCEPTED
+            if last_window > window:
+                self._record(window, contribution, True)
+                return Observed.ACCEPTED
+        pending.append((window, contribution, True))
+        groups = agg.open_groups.get(window)
+        if groups is None:
+            agg.open_groups[window] = {self.group}
+        else:
+            groups.add(self.group)
         return Observed.ACCEPTED
 
     def end(self, timestamp_ms: int) -> Observed:
@@ -231,12 +249,14 @@ class ViewAggregator:
         self._encode_labels = encode_labels
         self.groups: dict[Labels, OutputGroup] = {}
         self.inputs: dict[bytes, InputSeries] = {}
-        self._open: dict[int, set[OutputGroup]] = {}
+        self.open_groups: dict[int, set[OutputGroup]] = {}
+        """Window → the groups with samples in it that are not emitted yet."""
         self.closed_window = _NEVER
         """Every window up to this one has been emitted."""
         self.max_timestamp_ms = _NEVER
         self._watermark_seen_ms = _NEVER
         self._watermark_moved_at_ms = 0
+        self._swept_at_ms = _NEVER
         self.late_samples = 0
         self.out_of_order_samples = 0
         self.forgotten_inputs = 0
@@ -297,15 +317,15 @@ class ViewAggregator:
         del self.inputs[input_key]
 
     def touch(self, window: int, group: OutputGroup) -> None:
-        groups = self._open.get(window)
+        groups = self.open_groups.get(window)
         if groups is None:
-            self._open[window] = {group}
+            self.open_groups[window] = {group}
         else:
             groups.add(group)
 
     @property
     def open_windows(self) -> int:
-        return len(self._open)
+        return len(self.open_groups)
 
     def flush(self, now_ms: int, final: bool = False) -> list[OutputSample]:
         """Emit every window that is complete; with ``final``, every open window.
@@ -317,16 +337,19 @@ class ViewAggregator:
         if self.max_timestamp_ms != self._watermark_seen_ms:
             self._watermark_seen_ms = self.max_timestamp_ms
             self._watermark_moved_at_ms = now_ms
-        self._expire_inputs()
+        if final or now_ms - self._swept_at_ms >= EXPIRY_SWEEP_MS:
+            self._swept_at_ms = now_ms
+            self._expire_inputs()
+            self._forget_groups()
         idle = now_ms - self._watermark_moved_at_ms >= settings.idle_flush_ms
         if final or idle:
-            close_through = max(self._open, default=self.closed_window)
+            close_through = max(self.open_groups, default=self.closed_window)
         else:
             close_through = (self.max_timestamp_ms - settings.lateness_ms) // self.interval_ms
         out: list[OutputSample] = []
-        for window in sorted(w for w in self._open if w <= close_through):
+        for window in sorted(w for w in self.open_groups if w <= close_through):
             timestamp_ms = window * self.interval_ms
-            for group in self._open.pop(window):
+            for group in self.open_groups.pop(window):
                 value, live = group.value_at(window)
                 if live:
                     out.append(OutputSample(group.label_bytes, timestamp_ms, value))
@@ -335,7 +358,6 @@ class ViewAggregator:
                     out.append(OutputSample(group.label_bytes, timestamp_ms, STALE_NAN))
                     group.emitted_live = False
         self.closed_window = max(self.closed_window, close_through)
-        self._forget_groups()
         return out
 
     def _expire_inputs(self) -> None:

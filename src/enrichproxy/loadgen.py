@@ -1047,6 +1047,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_COLLECTION,
         help=f"collection for --seed-metadata (default {DEFAULT_COLLECTION})",
     )
+    exporter = parser.add_argument_group("exporter mode (a scrape target instead of a sender)")
+    exporter.add_argument(
+        "--exporter-port",
+        type=int,
+        default=None,
+        help="serve the fleet on /metrics at this port instead of sending remote write",
+    )
+    exporter.add_argument(
+        "--exporter-host",
+        default="127.0.0.1",
+        help="address to serve /metrics on (default 127.0.0.1; 0.0.0.0 in a container)",
+    )
+    exporter.add_argument(
+        "--scrape-interval",
+        type=_positive_duration,
+        default=1000,
+        help="how often the fleet advances in exporter mode (default 1s)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--quiet", action="store_true", help="no progress line on stderr every second"
@@ -1096,6 +1114,12 @@ async def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.exporter_port is not None:
+        from enrichproxy.exporter import serve
+
+        return await serve(
+            fleet, args.exporter_host, args.exporter_port, args.scrape_interval / 1000
+        )
     settings = settings_from_args(args)
     seeder: MetadataSeeder | None = None
     if args.seed_metadata is not None:
