@@ -384,8 +384,12 @@ class MongoProcess(ManagedProcess):
     config auto-discovery in ./, ~/.secantus and /etc/secantus), ``workdir/secantusd.log``.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
         super().__init__("secantusd", workdir / "secantusd.log")
+        self.extra_args = tuple(extra_args)
+        """More daemon flags, e.g. ``--standalone`` (no change streams, like a real standalone)."""
         self.workdir = workdir
         self.storage_path = workdir / "data"
         self.config_path = workdir / "secantusd.toml"
@@ -425,6 +429,7 @@ class MongoProcess(ManagedProcess):
                     str(self._port),
                     "--storage-path",
                     str(self.storage_path),
+                    *self.extra_args,
                 ],
                 cwd=self.workdir,
             )

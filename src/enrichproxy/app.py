@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -19,10 +20,17 @@ from aiohttp import web
 
 from enrichproxy.codec import decode_write_request, decompress
 from enrichproxy.config import Config
-from enrichproxy.errors import RequestError, Unavailable, UnsupportedMediaType
+from enrichproxy.errors import BadQuery, RequestError, Unavailable, UnsupportedMediaType
+from enrichproxy.explain import EXPLAIN_PATH, SELECTOR_EXAMPLE, explain, parse_exact_selector
 from enrichproxy.forwarder import Forwarder
-from enrichproxy.metadata_store import MetadataStore, MetadataUnavailable
-from enrichproxy.metadata_table import TableBuild
+from enrichproxy.metadata_store import (
+    FollowState,
+    MetadataStore,
+    MetadataUnavailable,
+    RuleFollower,
+    Source,
+    TableUpdate,
+)
 from enrichproxy.pipeline import Pipeline
 from enrichproxy.telemetry import EXPOSITION_CONTENT_TYPE, Telemetry
 
@@ -111,9 +119,37 @@ async def handle_healthy(_request: web.Request) -> web.Response:
 
 
 async def handle_ready(request: web.Request) -> web.Response:
-    if request.app[PROXY].ready:
-        return web.Response(text="enrichproxy is ready.\n")
-    return web.Response(status=503, text="enrichproxy is not ready: metadata table not loaded.\n")
+    proxy = request.app[PROXY]
+    if not proxy.ready:
+        return web.Response(
+            status=503, text="enrichproxy is not ready: metadata table not loaded.\n"
+        )
+    if proxy.store is not None and proxy.store.stale:
+        return web.Response(
+            text="enrichproxy is ready, with stale metadata: serving the snapshot file until "
+            "MongoDB answers.\n"
+        )
+    return web.Response(text="enrichproxy is ready.\n")
+
+
+async def handle_explain(request: web.Request) -> web.Response:
+    """What the proxy does with one series, from its state now: text, or JSON when asked."""
+    text = request.query.get("series", "").strip()
+    if not text:
+        raise BadQuery(f"give the series' exact labels: {EXPLAIN_PATH}?series={SELECTOR_EXAMPLE}")
+    try:
+        labels = parse_exact_selector(text)
+    except ValueError as exc:
+        raise BadQuery(f"series: {exc}") from None
+    explanation = explain(request.app[PROXY].pipeline, labels)
+    accepted = (
+        part.split(";")[0].strip().lower() for part in request.headers.get("Accept", "").split(",")
+    )
+    if "application/json" in accepted:
+        return web.json_response(
+            explanation.to_dict(), dumps=lambda data: json.dumps(data, indent=2)
+        )
+    return web.Response(text=explanation.to_text())
 
 
 def refresh_gauges(proxy: Proxy) -> None:
@@ -170,35 +206,55 @@ async def metadata_ctx(app: web.Application) -> AsyncIterator[None]:
     proxy = app[PROXY]
     telemetry = proxy.telemetry
 
-    def on_load(build: TableBuild) -> None:
-        changed = proxy.pipeline.set_table(build.table)
-        telemetry.metadata_reloads.labels("success").inc()
-        telemetry.metadata_documents.set(len(build.table.entries))
-        telemetry.metadata_last_success.set(build.table.loaded_at)
-        telemetry.ready.set(1)
-        for reason, count in build.rejection_counts().items():
-            telemetry.metadata_rejected.labels(reason).inc(count)
-        if changed:
+    def on_update(update: TableUpdate) -> None:
+        table, rule = update.build.table, update.rule.name
+        changed = proxy.pipeline.set_table(table, update.rule_index)
+        telemetry.metadata_documents.labels(rule).set(len(table.entries))
+        telemetry.metadata_stale.labels(rule).set(update.source is Source.SNAPSHOT)
+        if update.source is Source.MONGODB:
+            telemetry.metadata_last_success.labels(rule).set(time.time())
+        if update.full_read:
+            telemetry.metadata_reloads.labels(rule, "success").inc()
+        for operation, count in update.changes.items():
+            telemetry.metadata_changes.labels(rule, operation).inc(count)
+        for reason, count in update.build.rejection_counts().items():
+            telemetry.metadata_rejected.labels(rule, reason).inc(count)
+        telemetry.ready.set(proxy.ready)
+        if update.changes:
+            log.debug("rule=%s applied changes %s", rule, dict(update.changes))
+        elif changed or update.source is Source.SNAPSHOT:
             log.info(
-                "metadata table loaded version=%d entries=%d rejected=%d",
-                build.table.version,
-                len(build.table.entries),
-                len(build.rejections),
+                "rule=%s table loaded from %s: entries=%d rejected=%d",
+                rule,
+                update.source.value,
+                len(table.entries),
+                len(update.build.rejections),
             )
 
-    def on_failure(exc: MetadataUnavailable) -> None:
-        telemetry.metadata_reloads.labels("failure").inc()
-        state = "keeping the last good table" if proxy.ready else "not ready"
-        log.error("metadata reload failed (%s): %s", state, exc)
+    def on_failure(follower: RuleFollower, exc: MetadataUnavailable) -> None:
+        telemetry.metadata_reloads.labels(follower.rule.name, "failure").inc()
+        state = "keeping the last good table" if follower.table is not None else "not ready"
+        log.error("rule=%s metadata unavailable (%s): %s", follower.rule.name, state, exc)
 
-    def table_age() -> float:
-        table = proxy.store.table if proxy.store else None
-        return time.time() - table.loaded_at if table else math.nan
+    def on_state(follower: RuleFollower) -> None:
+        for state in FollowState:
+            gauge = telemetry.metadata_follow_state.labels(follower.rule.name, state.value)
+            gauge.set(state is follower.state)
+        log.info("rule=%s metadata %s", follower.rule.name, follower.state.value)
 
-    store = MetadataStore(proxy.config.metadata, on_load, on_failure)
+    store = MetadataStore(proxy.config.metadata, on_update, on_failure, on_state)
     proxy.store = store
-    telemetry.watch_function(telemetry.metadata_age, table_age)
-    task = asyncio.create_task(store.run(), name="metadata-refresh")
+
+    def age_of(follower: RuleFollower) -> Callable[[], float]:
+        return lambda: time.time() - follower.confirmed_at if follower.table else math.nan
+
+    for follower in store.followers:
+        on_state(follower)
+        telemetry.watch_function(
+            telemetry.metadata_age.labels(follower.rule.name), age_of(follower)
+        )
+    store.restore_snapshot()
+    task = asyncio.create_task(store.run(), name="metadata")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -248,5 +304,6 @@ def create_app(config: Config, telemetry: Telemetry | None = None) -> web.Applic
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/-/healthy", handle_healthy)
     app.router.add_get("/-/ready", handle_ready)
+    app.router.add_get(EXPLAIN_PATH, handle_explain)
     app.cleanup_ctx.extend([forwarder_ctx, metadata_ctx, flusher_ctx])
     return app

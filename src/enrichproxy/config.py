@@ -28,21 +28,64 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
+class EnrichRule:
+    """One join: the series' key labels matched against a collection's key fields."""
+
+    name: str
+    database: str
+    collection: str
+    key_labels: tuple[str, ...]
+    key_fields: tuple[str, ...]
+    """Document fields matched against ``key_labels``, position by position."""
+    fields: tuple[str, ...]
+    drop_key_labels: bool = True
+    on_missing: str = "keep"
+    """keep: forward the series without this rule's labels; drop: count and drop it."""
+
+
+@dataclass(frozen=True)
 class MetadataConfig:
     mongodb_uri: str = "mongodb://127.0.0.1:27017/"
     database: str = "metrics"
+    # The single-rule form; ``rules`` replaces these when it is given.
     collection: str = "pod_metadata"
     key_label: str = "pod"
     key_field: str = "pod"
     fields: tuple[str, ...] = ("service", "team", "tier")
     drop_key_label: bool = True
-    refresh_interval_ms: int = 30_000
     on_missing: str = "keep"
     """keep: forward the series unenriched; drop: count and drop it."""
+    rules: tuple[EnrichRule, ...] = ()
+    """Several joins applied in order; each sees the labels the ones before it added."""
+    refresh_interval_ms: int = 30_000
+    """Full reload of every collection: the polling interval, and a safety net when changes
+    are followed by a change stream."""
+    watch: bool = True
+    """Follow changes with a change stream (falls back to polling where there is none)."""
+    snapshot_path: str | None = None
+    """File the last loaded tables are written to, to start from when MongoDB is down."""
     on_conflict: str = "overwrite"
     """When the series already has an enrichment label: overwrite (the table wins) or keep."""
     timeout_ms: int = 5_000
     """Server selection and socket timeout: a reload fails fast instead of hanging 30 s."""
+
+    @property
+    def enrich_rules(self) -> tuple[EnrichRule, ...]:
+        """The joins to apply, in order: ``rules``, or the single rule the flat keys describe."""
+        if self.rules:
+            return self.rules
+        return (
+            EnrichRule(
+                name=self.collection,
+                database=self.database,
+                collection=self.collection,
+                key_labels=(self.key_label,),
+                key_fields=(self.key_field,),
+                fields=self.fields,
+                drop_key_labels=self.drop_key_label,
+                on_missing=self.on_missing,
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -256,17 +299,116 @@ def _listen(value: Any, _path: str) -> str:
     return text
 
 
+_SINGLE_RULE_KEYS = (
+    "collection",
+    "key_label",
+    "key_field",
+    "fields",
+    "drop_key_label",
+    "on_missing",
+)
+
+
+def _enrichment_fields(problems: _Problems, value: Any, path: str) -> tuple[str, ...]:
+    fields = _label_list(problems, value, path)
+    for index, name in enumerate(fields):
+        if name.startswith("__"):
+            problems.add(
+                f"{path}[{index}]", f"{name!r}: names starting with __ are reserved by Prometheus"
+            )
+    return fields
+
+
+def _parse_rule(item: Any, path: str, database: str, problems: _Problems) -> EnrichRule:
+    known = {
+        "name",
+        "database",
+        "collection",
+        "key_label",
+        "key_labels",
+        "key_field",
+        "key_fields",
+        "fields",
+        "drop_key_label",
+        "drop_key_labels",
+        "on_missing",
+    }
+    section = _Section(item, path, problems, known)
+    for single, plural in (
+        ("key_label", "key_labels"),
+        ("key_field", "key_fields"),
+        ("drop_key_label", "drop_key_labels"),
+    ):
+        if single in section.data and plural in section.data:
+            problems.add(section.at(single), f"give {single} or {plural}, not both")
+    collection = section.get("collection", "", _string)
+    if "collection" not in section.data:
+        problems.add(section.at("collection"), "is required")
+    key_labels: tuple[str, ...] = ()
+    if "key_labels" in section.data:
+        key_labels = _label_list(problems, section.data["key_labels"], section.at("key_labels"))
+    elif "key_label" in section.data:
+        key_labels = (section.get("key_label", "", _label_name),)
+    if not key_labels or not all(key_labels):
+        problems.add(section.at("key_labels"), "is required (the labels the join matches on)")
+    key_fields = key_labels
+    if "key_fields" in section.data:
+        value = section.data["key_fields"]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            problems.add(section.at("key_fields"), "must be a list of document field names")
+        else:
+            key_fields = tuple(value)
+    elif "key_field" in section.data:
+        key_fields = (section.get("key_field", "", _string),)
+    if len(key_fields) != len(key_labels):
+        problems.add(
+            section.at("key_fields"),
+            f"has {len(key_fields)} fields for {len(key_labels)} key labels: give one per label",
+        )
+    fields: tuple[str, ...] = ()
+    if "fields" not in section.data:
+        problems.add(section.at("fields"), "is required (the fields copied onto the series)")
+    else:
+        fields = _enrichment_fields(problems, section.data["fields"], section.at("fields"))
+    drop_key = "drop_key_labels" if "drop_key_labels" in section.data else "drop_key_label"
+    return EnrichRule(
+        name=section.get("name", collection, _string),
+        database=section.get("database", database, _string),
+        collection=collection,
+        key_labels=key_labels,
+        key_fields=key_fields,
+        fields=fields,
+        drop_key_labels=section.get(drop_key, True, _boolean),
+        on_missing=section.get("on_missing", "keep", _choice("keep", "drop")),
+    )
+
+
+def _parse_rules(
+    data: Any, path: str, database: str, problems: _Problems
+) -> tuple[EnrichRule, ...]:
+    if not isinstance(data, list) or not data:
+        problems.add(path, "must be a non-empty list of rules")
+        return ()
+    rules = tuple(
+        _parse_rule(item, f"{path}[{index}]", database, problems) for index, item in enumerate(data)
+    )
+    seen: set[str] = set()
+    for index, rule in enumerate(rules):
+        if rule.name in seen:
+            problems.add(f"{path}[{index}].name", f"duplicate rule name {rule.name!r}")
+        seen.add(rule.name)
+    return rules
+
+
 def _parse_metadata(data: Any, problems: _Problems) -> MetadataConfig:
     known = {
         "mongodb_uri",
         "database",
-        "collection",
-        "key_label",
-        "key_field",
-        "fields",
-        "drop_key_label",
+        *_SINGLE_RULE_KEYS,
+        "rules",
         "refresh_interval",
-        "on_missing",
+        "watch",
+        "snapshot_path",
         "on_conflict",
         "timeout",
     }
@@ -274,28 +416,34 @@ def _parse_metadata(data: Any, problems: _Problems) -> MetadataConfig:
     default = MetadataConfig()
     fields = default.fields
     if section.data.get("fields") is not None:
-        fields = _label_list(problems, section.data["fields"], section.at("fields"))
-        for index, name in enumerate(fields):
-            if name.startswith("__"):
-                problems.add(
-                    f"{section.at('fields')}[{index}]",
-                    f"{name!r}: names starting with __ are reserved by Prometheus",
-                )
+        fields = _enrichment_fields(problems, section.data["fields"], section.at("fields"))
     uri = section.get("mongodb_uri", default.mongodb_uri, _string)
     if not uri.startswith(("mongodb://", "mongodb+srv://")):
         problems.add(section.at("mongodb_uri"), "must start with mongodb:// or mongodb+srv://")
+    database = section.get("database", default.database, _string)
+    rules: tuple[EnrichRule, ...] = ()
+    if section.data.get("rules") is not None:
+        rules = _parse_rules(section.data["rules"], section.at("rules"), database, problems)
+        for key in _SINGLE_RULE_KEYS:
+            if key in section.data:
+                problems.add(
+                    section.at(key), "cannot be combined with metadata.rules: set it in each rule"
+                )
     return MetadataConfig(
         mongodb_uri=uri,
-        database=section.get("database", default.database, _string),
+        database=database,
         collection=section.get("collection", default.collection, _string),
         key_label=section.get("key_label", default.key_label, _label_name),
         key_field=section.get("key_field", default.key_field, _string),
         fields=fields,
         drop_key_label=section.get("drop_key_label", default.drop_key_label, _boolean),
+        on_missing=section.get("on_missing", default.on_missing, _choice("keep", "drop")),
+        rules=rules,
         refresh_interval_ms=section.get(
             "refresh_interval", default.refresh_interval_ms, _positive_duration
         ),
-        on_missing=section.get("on_missing", default.on_missing, _choice("keep", "drop")),
+        watch=section.get("watch", default.watch, _boolean),
+        snapshot_path=section.get("snapshot_path", default.snapshot_path, _string),
         on_conflict=section.get("on_conflict", default.on_conflict, _choice("overwrite", "keep")),
         timeout_ms=section.get("timeout", default.timeout_ms, _positive_duration),
     )
@@ -461,12 +609,16 @@ def parse_config(data: Any) -> Config:
             "shutdown_timeout", default.shutdown_timeout_ms, _positive_duration
         ),
     )
+    rules = config.metadata.enrich_rules
+    added = {name for rule in rules for name in rule.fields}
     for index, view in enumerate(config.views):
-        if config.metadata.drop_key_label and config.metadata.key_label in view.keep:
-            problems.add(
-                f"views[{index}].keep",
-                f"keeps {config.metadata.key_label!r}, which metadata.drop_key_label removes",
-            )
+        for rule in rules:
+            for label in rule.key_labels:
+                if rule.drop_key_labels and label in view.keep and label not in added:
+                    problems.add(
+                        f"views[{index}].keep",
+                        f"keeps {label!r}, which metadata.drop_key_label removes",
+                    )
     if problems.items:
         raise ConfigError(problems.items)
     return config

@@ -5,8 +5,8 @@ labels (decoding them, the join, each view's projection, the counter/gauge decis
 aggregation state it feeds) is worked out once per distinct label set and cached under the
 series' raw label bytes. A cached series costs one dict lookup plus one update per view.
 
-The cache is rebuilt from scratch whenever an input to those decisions changes: a new metadata
-table, new metric types, or inputs forgotten by the aggregator.
+When a metadata table changes, only the cached series that looked up a changed key are worked
+out again; new metric types or inputs forgotten by the aggregator start the cache over.
 
 Pure: nothing here does I/O or reads a clock; results are returned, never written to metrics.
 """
@@ -21,7 +21,7 @@ from enrichproxy.aggregation import AggregationSettings, InputSeries, ViewAggreg
 from enrichproxy.codec import DecodedRequest, decode_labels, encode_labels
 from enrichproxy.config import Config
 from enrichproxy.enrich import Lookup, enrich
-from enrichproxy.metadata_table import EMPTY_TABLE, MetadataTable
+from enrichproxy.metadata_table import EMPTY_TABLE, Key, MetadataTable, changed_keys
 from enrichproxy.metric_types import MetricTypes
 from enrichproxy.model import METRIC_NAME_LABEL, MetricMetadata, OutputSample, is_stale_marker
 from enrichproxy.views import Skip, View
@@ -45,19 +45,25 @@ DROP_NATIVE_HISTOGRAM = "native_histogram"
 class SeriesPlan(NamedTuple):
     """What to do with every sample of one input series."""
 
-    lookup: Lookup
+    lookup_slots: tuple[int, ...]
+    """Per rule applied: ``rule index * 3 + Lookup``, an index into the lookup counts."""
     inputs: tuple[InputSeries, ...]
     """One aggregation input per view the series feeds."""
     drop_reason: str
     """Why it feeds no view at all (empty when ``inputs`` is not)."""
     conflicts: int
+    dependencies: tuple[tuple[int, Key], ...] = ()
+    """(rule index, key) of every lookup the plan depends on: when the plan is dropped for one
+    of them it is taken out of the others' dependents too, so a later change to a key the series
+    no longer looks up does not work it out again."""
 
 
 @dataclass
 class IngestResult:
     series: int = 0
     samples: int = 0
-    lookups: Counter[Lookup] = field(default_factory=Counter)
+    lookups: Counter[tuple[str, Lookup]] = field(default_factory=Counter)
+    """(rule name, result) → series looked up."""
     dropped: Counter[str] = field(default_factory=Counter)
     label_conflicts: int = 0
     metadata: int = 0
@@ -92,23 +98,49 @@ class Pipeline:
             )
             for v in config.views
         )
-        self.table: MetadataTable = EMPTY_TABLE
+        self.rules = config.metadata.enrich_rules
+        self.on_conflict = config.metadata.on_conflict
+        self.tables: list[MetadataTable] = [EMPTY_TABLE] * len(self.rules)
         self.types = MetricTypes()
         self._plans: dict[bytes, SeriesPlan] = {}
+        # (rule index, key) → the cached series whose plan depends on that key's entry.
+        self._dependents: dict[tuple[int, Key], set[bytes]] = {}
 
     # --- inputs to the cached decisions ---------------------------------------------------------
 
-    def set_table(self, table: MetadataTable) -> bool:
-        """Use ``table`` from now on; True when its content differs from the current one."""
-        changed = table.entries != self.table.entries
-        self.table = table
-        if changed:
-            self._plans.clear()
-        return changed
+    def set_table(self, table: MetadataTable, rule_index: int = 0) -> bool:
+        """Use ``table`` for rule ``rule_index`` from now on; True when its content changed.
+
+        Only the cached series that looked up a changed key are worked out again.
+        """
+        changed = changed_keys(self.tables[rule_index], table)
+        self.tables[rule_index] = table
+        if not changed:
+            return False
+        if len(changed) > len(self._plans) // 2:
+            self._forget_plans()
+            return True
+        plans, dependents = self._plans, self._dependents
+        for key in changed:
+            for label_bytes in dependents.pop((rule_index, key), ()):
+                plan = plans.pop(label_bytes, None)
+                if plan is None:
+                    continue
+                for dependency in plan.dependencies:
+                    users = dependents.get(dependency)
+                    if users is not None:
+                        users.discard(label_bytes)
+                        if not users:
+                            del dependents[dependency]
+        return True
+
+    def _forget_plans(self) -> None:
+        self._plans.clear()
+        self._dependents.clear()
 
     def learn_types(self, metadata: list[MetricMetadata]) -> None:
         if metadata and self.types.update(metadata):
-            self._plans.clear()
+            self._forget_plans()
 
     @property
     def cached_series(self) -> int:
@@ -127,7 +159,7 @@ class Pipeline:
         series_list = request.series
         plans = self._plans
         if len(plans) > MAX_CACHED_SERIES:
-            plans.clear()
+            self._forget_plans()
         resolved = []
         for raw in series_list:
             plan = plans.get(raw.label_bytes)
@@ -135,12 +167,13 @@ class Pipeline:
                 plan = self._plan(raw.label_bytes)
             resolved.append(plan)
         before = [(a.late_samples, a.out_of_order_samples) for a in self.aggregators]
-        lookups = [0, 0, 0]
+        lookups = [0] * (3 * len(self.rules))
         dropped = result.dropped
         conflicts = samples = 0
         future_limit = now_ms + MAX_FUTURE_MS
         for raw, plan in zip(series_list, resolved, strict=True):
-            lookups[plan.lookup] += 1
+            for slot in plan.lookup_slots:
+                lookups[slot] += 1
             conflicts += plan.conflicts
             raw_samples = raw.samples
             samples += len(raw_samples)
@@ -165,9 +198,9 @@ class Pipeline:
         result.samples = samples
         result.label_conflicts = conflicts
         result.exemplars_skipped = request.exemplars
-        for lookup in Lookup:
-            if lookups[lookup]:
-                result.lookups[lookup] = lookups[lookup]
+        for slot, count in enumerate(lookups):
+            if count:
+                result.lookups[self.rules[slot // 3].name, Lookup(slot % 3)] = count
         for view, aggregator, (late, out_of_order) in zip(
             self.views, self.aggregators, before, strict=True
         ):
@@ -181,16 +214,19 @@ class Pipeline:
 
     def _plan(self, label_bytes: bytes) -> SeriesPlan:
         labels = decode_labels(label_bytes)
-        enriched = enrich(labels, self.table, self.spec)
+        enriched = enrich(labels, self.tables, self.rules, self.on_conflict)
+        slots = tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps))
+        keys = tuple(
+            (index, step.key) for index, step in enumerate(enriched.steps) if step.key is not None
+        )
+        for dependency in keys:
+            self._dependents.setdefault(dependency, set()).add(label_bytes)
         if enriched.labels is None:
-            return self._remember(
-                label_bytes, SeriesPlan(enriched.lookup, (), DROP_METADATA_MISSING, 0)
-            )
+            plan = SeriesPlan(slots, (), DROP_METADATA_MISSING, 0, keys)
+            return self._remember(label_bytes, plan)
         metric_name = dict(enriched.labels).get(METRIC_NAME_LABEL)
         if not metric_name:
-            return self._remember(
-                label_bytes, SeriesPlan(enriched.lookup, (), DROP_NO_METRIC_NAME, 0)
-            )
+            return self._remember(label_bytes, SeriesPlan(slots, (), DROP_NO_METRIC_NAME, 0, keys))
         is_counter = self.types.is_counter(metric_name)
         inputs: list[InputSeries] = []
         skips: list[Skip] = []
@@ -204,7 +240,7 @@ class Pipeline:
         if not inputs:
             unsummable = Skip.UNSUMMABLE in skips
             drop_reason = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
-        plan = SeriesPlan(enriched.lookup, tuple(inputs), drop_reason, enriched.conflicts)
+        plan = SeriesPlan(slots, tuple(inputs), drop_reason, enriched.conflicts, keys)
         return self._remember(label_bytes, plan)
 
     def _remember(self, label_bytes: bytes, plan: SeriesPlan) -> SeriesPlan:
@@ -222,5 +258,5 @@ class Pipeline:
             outputs.append(ViewOutput(view.name, aggregator.flush(now_ms, final)))
             forgotten += aggregator.forgotten_inputs - before
         if forgotten:
-            self._plans.clear()
+            self._forget_plans()
         return outputs

@@ -77,8 +77,8 @@ class Telemetry:
         # --- enrichment
         self.lookups = Counter(
             "enrichproxy_lookups_total",
-            "Series looked up in the metadata table, by result (hit, miss, no_key).",
-            ["result"],
+            "Series looked up in a metadata table, by rule and result (hit, miss, no_key).",
+            ["rule", "result"],
             registry=r,
         )
         self.label_conflicts = Counter(
@@ -93,29 +93,52 @@ class Telemetry:
         )
         self.metadata_documents = Gauge(
             "enrichproxy_metadata_table_documents",
-            "Entries in the metadata table in use.",
+            "Entries in the metadata table in use, per rule.",
+            ["rule"],
             registry=r,
         )
         self.metadata_last_success = Gauge(
             "enrichproxy_metadata_last_success_timestamp_seconds",
-            "When the metadata table in use was loaded.",
+            "When a rule's table last took data from MongoDB (a full read or a change).",
+            ["rule"],
             registry=r,
         )
         self.metadata_age = Gauge(
             "enrichproxy_metadata_age_seconds",
-            "Age of the metadata table in use (NaN before the first load).",
+            "Time since a rule's table was last known to match MongoDB (NaN before any).",
+            ["rule"],
             registry=r,
         )
         self.metadata_reloads = Counter(
             "enrichproxy_metadata_reloads_total",
-            "Metadata table loads, by result (success, failure).",
-            ["result"],
+            "Full reads of a rule's collection, and failures to reach MongoDB, by result "
+            "(success, failure).",
+            ["rule", "result"],
+            registry=r,
+        )
+        self.metadata_changes = Counter(
+            "enrichproxy_metadata_changes_total",
+            "Change-stream events applied to a rule's table, by operation.",
+            ["rule", "operation"],
+            registry=r,
+        )
+        self.metadata_follow_state = Gauge(
+            "enrichproxy_metadata_follow_state",
+            "1 for the way a rule's table is kept current now: following (change stream), "
+            "polling, down or starting.",
+            ["rule", "state"],
+            registry=r,
+        )
+        self.metadata_stale = Gauge(
+            "enrichproxy_metadata_stale",
+            "1 while a rule's table comes from the snapshot file, not from MongoDB.",
+            ["rule"],
             registry=r,
         )
         self.metadata_rejected = Counter(
             "enrichproxy_metadata_documents_rejected_total",
-            "Metadata documents or fields skipped, by reason.",
-            ["reason"],
+            "Metadata documents or fields skipped, by rule and reason.",
+            ["rule", "reason"],
             registry=r,
         )
         # --- views and aggregation
@@ -214,8 +237,8 @@ class Telemetry:
         self.received_samples.inc(result.samples)
         if result.metadata:
             self.received_metadata.inc(result.metadata)
-        for lookup, count in result.lookups.items():
-            self.lookups.labels(lookup.name.lower()).inc(count)
+        for (rule, lookup), count in result.lookups.items():
+            self.lookups.labels(rule, lookup.name.lower()).inc(count)
         for reason, count in result.dropped.items():
             self.samples_dropped.labels(reason).inc(count)
         if result.label_conflicts:
