@@ -32,6 +32,7 @@ from pymongo import AsyncMongoClient, WriteConcern
 from realparts import MongoProcess, MongoServer
 from sinks import RecordingSink
 
+from enrichproxy.codec import compress, encode_labels, encode_write_request
 from enrichproxy.config import Config
 
 pytestmark = pytest.mark.integration
@@ -288,3 +289,91 @@ async def test_cold_start_with_mongodb_down_and_no_snapshot_waits(
     assert response.status == 503
     await asyncio.to_thread(mongo_process.start)
     await wait_until(lambda: is_ready(client), timeout=20)
+
+
+async def test_chained_rules_with_a_composite_key(
+    mongo: MongoServer, mongo_db_name: str, sink: RecordingSink, clients: list[Client]
+) -> None:
+    client_db: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.uri)
+    try:
+        database = client_db[mongo_db_name]
+        await database["pods"].insert_many(
+            [
+                {"namespace": "shop", "pod": "a", "service": "checkout", "tier": "gold"},
+                {"namespace": "test", "pod": "a", "service": "checkout-canary", "tier": "dev"},
+                {"namespace": "shop", "pod": ["not", "a", "scalar"], "service": "x"},
+            ]
+        )
+        await database["services"].insert_many(
+            [{"service": "checkout", "owner": "team-orders", "slack_channel": "#orders"}]
+        )
+    finally:
+        await client_db.close()
+    config = config_for(
+        mongo.uri,
+        mongo_db_name,
+        sink.url,
+        metadata={
+            "refresh_interval": "1h",
+            "rules": [
+                {
+                    "name": "pods",
+                    "collection": "pods",
+                    "key_labels": ["namespace", "pod"],
+                    "fields": ["service", "tier"],
+                },
+                {
+                    "name": "owners",
+                    "collection": "services",
+                    "key_label": "service",
+                    "fields": ["owner", "slack_channel"],
+                    "drop_key_labels": False,
+                },
+            ],
+        },
+        views=[{"name": "ops", "keep": ["service", "tier", "owner", "slack_channel"]}],
+    )
+    client = await start_app(config, clients)
+    await wait_until(lambda: is_ready(client))
+    now = int(time.time() * 1000)
+    series = []
+    for namespace in ("shop", "test"):
+        labels = (
+            ("__name__", "jobs_total"),
+            ("namespace", namespace),
+            ("pod", "a"),
+        )
+        series.append((encode_labels(labels), [(now - 2000, 1.0), (now, 2.0)]))
+    body = compress(encode_write_request(series))
+    assert (await client.post("/api/v1/write", data=body, headers=HEADERS)).status == 204
+    await client.close()  # emits the open windows
+    outputs = {tuple(sorted(dict(labels).items())) for labels, _, _ in sink.accepted_samples()}
+    assert outputs == {
+        (
+            ("__name__", "jobs_total"),
+            ("owner", "team-orders"),
+            ("service", "checkout"),
+            ("slack_channel", "#orders"),
+            ("tier", "gold"),
+            ("view", "ops"),
+        ),
+        # No owner for the canary service: the second rule misses and keeps the series.
+        (
+            ("__name__", "jobs_total"),
+            ("service", "checkout-canary"),
+            ("tier", "dev"),
+            ("view", "ops"),
+        ),
+    }
+    assert metric(client, "enrichproxy_lookups_total", rule="pods", result="hit") == 2
+    assert metric(client, "enrichproxy_lookups_total", rule="owners", result="hit") == 1
+    assert metric(client, "enrichproxy_lookups_total", rule="owners", result="miss") == 1
+    assert (
+        metric(
+            client,
+            "enrichproxy_metadata_documents_rejected_total",
+            rule="pods",
+            reason="invalid_key",
+        )
+        == 1
+    )
