@@ -246,7 +246,7 @@ class ViewAggregator:
     ) -> None:
         self.settings = settings
         self.interval_ms = settings.interval_ms
-        self._encode_labels = encode_labels
+        self.encode_labels = encode_labels
         self.groups: dict[Labels, OutputGroup] = {}
         self.inputs: dict[bytes, InputSeries] = {}
         self.open_groups: dict[int, set[OutputGroup]] = {}
@@ -278,7 +278,7 @@ class ViewAggregator:
             return series
         group = self.groups.get(output_labels)
         if group is None:
-            group = OutputGroup(self, output_labels, self._encode_labels(output_labels))
+            group = OutputGroup(self, output_labels, self.encode_labels(output_labels))
             self.groups[output_labels] = group
         moved = series
         series = InputSeries(self, group, is_counter)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from enrichproxy.aggregation import AggregationSettings, InputSeries, ViewAggregator
+from enrichproxy.aggregation_state import StateMismatch, export_state, restore_state
 from enrichproxy.codec import DecodedRequest, decode_labels, encode_labels
 from enrichproxy.config import Config
 from enrichproxy.enrich import Lookup, enrich
@@ -260,3 +261,30 @@ class Pipeline:
         if forgotten:
             self._forget_plans()
         return outputs
+
+    # --- state that survives restarts ------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """Every view's aggregation state, keyed by view name (see aggregation_state)."""
+        return {
+            view.name: export_state(aggregator)
+            for view, aggregator in zip(self.views, self.aggregators, strict=True)
+        }
+
+    def restore_state(self, states: dict[str, Any]) -> dict[str, str]:
+        """Load saved view states into this fresh pipeline; returns view → why it was not.
+
+        A view that is new, or whose interval changed, starts empty; the others continue.
+        """
+        skipped: dict[str, str] = {}
+        for view, aggregator in zip(self.views, self.aggregators, strict=True):
+            state = states.get(view.name)
+            if state is None:
+                skipped[view.name] = "no saved state"
+                continue
+            try:
+                restore_state(aggregator, state)
+            except StateMismatch as exc:
+                skipped[view.name] = str(exc)
+        self._forget_plans()
+        return skipped
