@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping, Sequence
 
 import pytest
 from promtext import decoded_request, format_output
@@ -13,7 +14,7 @@ from enrichproxy.config import Config, parse_config
 from enrichproxy.metadata_table import build_table
 from enrichproxy.pipeline import Pipeline
 
-DOCUMENTS = [
+DOCUMENTS: list[dict[str, object]] = [
     {"pod": "a", "service": "s1", "tier": "gold"},
     {"pod": "b", "service": "s1", "tier": "gold"},
     {"pod": "c", "service": "s2", "tier": "silver"},
@@ -39,7 +40,7 @@ def make_config(interval: str = "10s") -> Config:
     )
 
 
-def make_pipeline(config: Config, documents: list[dict[str, object]]) -> Pipeline:
+def make_pipeline(config: Config, documents: Sequence[Mapping[str, object]]) -> Pipeline:
     flow = Pipeline(config)
     flow.set_table(build_table(documents, config.metadata.enrich_rules[0], 1, 0.0).table)
     return flow
@@ -74,7 +75,7 @@ def test_a_restart_at_any_point_changes_no_output(seed: int) -> None:
     cut = random.Random(seed).randrange(1, len(requests))
 
     def run(flow: Pipeline, part: list[str], start: int) -> list[str]:
-        out = []
+        out: list[str] = []
         for index, text in enumerate(part, start):
             now = index * 2000 + 1000
             flow.ingest(decoded_request(text), now)
