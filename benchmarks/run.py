@@ -120,7 +120,8 @@ def make_requests(fleet: Fleet, rounds: int, batch: int, first_ms: int) -> list[
 
 def new_pipeline(config: Config, fleet: Fleet) -> Pipeline:
     pipeline = Pipeline(config)
-    pipeline.set_table(build_table(fleet.documents(), config.metadata, 1, 0.0).table)
+    rule = config.metadata.enrich_rules[0]
+    pipeline.set_table(build_table(fleet.documents(), rule, 1, 0.0).table)
     return pipeline
 
 

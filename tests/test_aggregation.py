@@ -132,7 +132,9 @@ def run(case: Case) -> None:
             dropped.update(result.dropped)
         elif isinstance(step, Table):
             documents = [{"pod": pod, "service": svc} for pod, svc in step.services.items()]
-            assert pipeline.set_table(build_table(documents, config.metadata, number, 0.0).table)
+            assert pipeline.set_table(
+                build_table(documents, config.metadata.enrich_rules[0], number, 0.0).table
+            )
         elif isinstance(step, Types):
             metadata = [MetricMetadata(step.family, step.type, "", "")]
             pipeline.ingest(decoded_request("", metadata), 0)

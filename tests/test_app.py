@@ -25,6 +25,7 @@ from enrichproxy.config import Config, parse_config
 from enrichproxy.telemetry import Telemetry
 
 HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
+RULE = "pod_metadata"  # the one rule of the single-rule configuration, named by its collection
 Factory = Callable[[dict[str, Any]], Awaitable[TestClient[Any, Any]]]
 
 
@@ -117,7 +118,8 @@ async def test_writes_get_503_until_the_metadata_table_is_loaded(
     assert (await client.get("/-/healthy")).status == 200
     await wait_until(
         lambda: asyncio.sleep(
-            0, bool(metric(client, "enrichproxy_metadata_reloads_total", result="failure"))
+            0,
+            bool(metric(client, "enrichproxy_metadata_reloads_total", rule=RULE, result="failure")),
         )
     )
     assert metric(client, "enrichproxy_ready") == 0
@@ -222,11 +224,18 @@ async def test_failed_reload_keeps_the_last_table(
         client = await start_app(config_for(mongo.uri, "metrics", sink.url), clients)
         await wait_until(lambda: _ok(client.get("/-/ready")))
         await asyncio.to_thread(mongo.kill)
-        failures_before = metric(client, "enrichproxy_metadata_reloads_total", result="failure")
+        failures_before = metric(
+            client, "enrichproxy_metadata_reloads_total", rule=RULE, result="failure"
+        )
         await wait_until(
             lambda: asyncio.sleep(
                 0,
-                (metric(client, "enrichproxy_metadata_reloads_total", result="failure") or 0)
+                (
+                    metric(
+                        client, "enrichproxy_metadata_reloads_total", rule=RULE, result="failure"
+                    )
+                    or 0
+                )
                 > (failures_before or 0),
             ),
         )
@@ -241,6 +250,6 @@ async def test_failed_reload_keeps_the_last_table(
         labels, _, value = sink.accepted_samples()[0]
         assert dict(labels)["service"] == "checkout"
         assert value == 7.0
-        assert (metric(client, "enrichproxy_metadata_age_seconds") or 0) > 0
+        assert (metric(client, "enrichproxy_metadata_age_seconds", rule=RULE) or 0) > 0
     finally:
         await asyncio.to_thread(mongo.stop)

@@ -13,6 +13,7 @@ from enrichproxy.codec import DEFAULT_MAX_DECODED_BYTES
 from enrichproxy.config import (
     AggregationConfig,
     Config,
+    EnrichRule,
     MetadataConfig,
     load_config,
     parse_config,
@@ -387,7 +388,10 @@ def test_an_empty_file_lists_what_is_missing() -> None:
 
 def test_unknown_key_lists_the_known_ones() -> None:
     (problem,) = problems(with_minimal("aggregation: {intervall: 15s}"))
-    assert "known keys: idle_flush, interval, lateness, retention, stale_after" in problem
+    known = (
+        "checkpoint_interval, idle_flush, interval, lateness, retention, stale_after, state_path"
+    )
+    assert f"known keys: {known}" in problem
 
 
 def test_keep_may_list_the_key_label_when_it_is_not_dropped() -> None:
@@ -436,3 +440,197 @@ def test_listen_host_port(listen: str, host_port: tuple[str, int]) -> None:
 def test_byte_sizes(size: int | str, expected: int) -> None:
     text = yaml.safe_dump({"max_decoded_bytes": size})
     assert parse(with_minimal(text)).max_decoded_bytes == expected
+
+
+# --- metadata.rules: several joins --------------------------------------------------------------
+
+TWO_RULES = """
+metadata:
+  database: meta
+  watch: false
+  snapshot_path: /var/lib/enrichproxy/metadata.json
+  rules:
+    - name: pods
+      collection: pod_metadata
+      key_labels: [namespace, pod]
+      key_fields: [ns, pod_name]
+      fields: [service, team]
+    - collection: service_owners
+      database: owners
+      key_label: service
+      key_field: svc
+      fields: [owner, slack_channel]
+      drop_key_label: false
+      on_missing: drop
+views:
+  - name: ops
+    keep: [service, owner]
+remote_write:
+  - url: http://127.0.0.1:9090/api/v1/write
+"""
+
+
+def test_rules_are_read_in_order_with_their_defaults() -> None:
+    metadata = parse(TWO_RULES).metadata
+    assert metadata.watch is False
+    assert metadata.snapshot_path == "/var/lib/enrichproxy/metadata.json"
+    assert metadata.enrich_rules == metadata.rules
+    assert metadata.rules == (
+        EnrichRule(
+            name="pods",
+            database="meta",  # metadata.database
+            collection="pod_metadata",
+            key_labels=("namespace", "pod"),
+            key_fields=("ns", "pod_name"),
+            fields=("service", "team"),
+            drop_key_labels=True,
+            on_missing="keep",
+        ),
+        EnrichRule(
+            name="service_owners",  # the collection's name
+            database="owners",
+            collection="service_owners",
+            key_labels=("service",),
+            key_fields=("svc",),
+            fields=("owner", "slack_channel"),
+            drop_key_labels=False,
+            on_missing="drop",
+        ),
+    )
+
+
+def test_key_fields_default_to_the_key_labels() -> None:
+    text = with_minimal(
+        "metadata: {rules: [{collection: c, key_labels: [namespace, pod], fields: [service]}]}"
+    )
+    (rule,) = parse(text).metadata.enrich_rules
+    assert rule.key_fields == ("namespace", "pod")
+    assert rule.drop_key_labels is True
+
+
+def test_the_single_rule_form_is_one_rule() -> None:
+    assert MetadataConfig().enrich_rules == (
+        EnrichRule(
+            name="pod_metadata",
+            database="metrics",
+            collection="pod_metadata",
+            key_labels=("pod",),
+            key_fields=("pod",),
+            fields=("service", "team", "tier"),
+            drop_key_labels=True,
+            on_missing="keep",
+        ),
+    )
+    flat = parse(
+        with_minimal(
+            "metadata: {database: db, collection: hosts, key_label: instance, key_field: host,"
+            " fields: [rack], drop_key_label: false, on_missing: drop}"
+        )
+    ).metadata
+    assert flat.rules == ()
+    as_rule = parse(
+        with_minimal(
+            "metadata: {database: db, rules: [{collection: hosts, key_label: instance,"
+            " key_field: host, fields: [rack], drop_key_label: false, on_missing: drop}]}"
+        )
+    ).metadata
+    assert flat.enrich_rules == as_rule.enrich_rules
+    assert flat.enrich_rules[0].name == "hosts"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        (
+            "{rules: [{collection: c, key_labels: [namespace, pod], key_fields: [pod], "
+            "fields: [s]}]}",
+            "metadata.rules[0].key_fields: has 1 fields for 2 key labels: give one per label",
+        ),
+        (
+            "{rules: [{collection: c, key_label: pod, key_fields: [ns, pod], fields: [s]}]}",
+            "metadata.rules[0].key_fields: has 2 fields for 1 key labels",
+        ),
+        (
+            "{rules: [{collection: c, key_labels: [pod], key_fields: pod, fields: [s]}]}",
+            "metadata.rules[0].key_fields: must be a list of document field names",
+        ),
+        (
+            "{collection: c, rules: [{collection: c, key_label: pod, fields: [s]}]}",
+            "metadata.collection: cannot be combined with metadata.rules: set it in each rule",
+        ),
+        (
+            "{fields: [s], rules: [{collection: c, key_label: pod, fields: [s]}]}",
+            "metadata.fields: cannot be combined with metadata.rules",
+        ),
+        (
+            "{drop_key_label: false, rules: [{collection: c, key_label: pod, fields: [s]}]}",
+            "metadata.drop_key_label: cannot be combined with metadata.rules",
+        ),
+        (
+            "{rules: [{collection: c, key_label: pod, fields: [s]}, "
+            "{name: c, collection: d, key_label: s, fields: [o]}]}",
+            "metadata.rules[1].name: duplicate rule name 'c'",
+        ),
+        (
+            "{rules: [{collection: c, key_label: pod, fields: [service, __meta_x]}]}",
+            "metadata.rules[0].fields[1]: '__meta_x': names starting with __ are reserved",
+        ),
+        (
+            "{rules: [{collection: c, key_label: pod, key_labels: [pod], fields: [s]}]}",
+            "metadata.rules[0].key_label: give key_label or key_labels, not both",
+        ),
+        (
+            "{rules: [{collection: c, key_label: pod, drop_key_label: true, "
+            "drop_key_labels: true, fields: [s]}]}",
+            "metadata.rules[0].drop_key_label: give drop_key_label or drop_key_labels",
+        ),
+        ("{rules: [{key_label: pod, fields: [s]}]}", "metadata.rules[0].collection: is required"),
+        ("{rules: [{collection: c, fields: [s]}]}", "metadata.rules[0].key_labels: is required"),
+        ("{rules: [{collection: c, key_label: pod}]}", "metadata.rules[0].fields: is required"),
+        (
+            "{rules: [{collection: c, key_label: pod, fields: [s], on_missing: skip}]}",
+            "metadata.rules[0].on_missing: must be one of keep, drop",
+        ),
+        (
+            "{rules: [{collection: c, key_label: pod, fields: [s], colection: d}]}",
+            "metadata.rules[0].colection: unknown key",
+        ),
+        ("{rules: []}", "metadata.rules: must be a non-empty list of rules"),
+        ("{rules: {collection: c}}", "metadata.rules: must be a non-empty list of rules"),
+        ("{rules: [pods]}", "metadata.rules[0]: must be a mapping, got a string"),
+        ("{watch: 'yes'}", "metadata.watch: must be true or false"),
+        ("{snapshot_path: ''}", "metadata.snapshot_path: must be a non-empty string"),
+    ],
+)
+def test_each_rule_problem_names_its_yaml_path(metadata: str, expected: str) -> None:
+    found = problems(with_minimal(f"metadata: {metadata}"))
+    assert any(problem.startswith(expected) for problem in found), found
+
+
+def test_a_view_may_not_keep_a_key_label_a_later_rule_removes() -> None:
+    """pod → service, then service → owner: the second rule removes the service label."""
+    rules = (
+        "metadata: {rules: [{collection: pods, key_label: pod, fields: [service]},"
+        " {collection: owners, key_label: service, fields: [owner]}]}\n"
+    )
+    found = problems(with_minimal(rules + "views: [{name: a, keep: [service, owner]}]"))
+    assert found == [
+        "views[0].keep: keeps 'service', which metadata.rules[1] removes (drop_key_labels)"
+    ]
+    # Kept by the rule, or added back by a later one: fine.
+    kept = rules.replace("fields: [owner]", "fields: [owner], drop_key_labels: false")
+    parse(with_minimal(kept + "views: [{name: a, keep: [service, owner]}]"))
+    added_back = rules.replace("fields: [owner]", "fields: [owner, service]")
+    parse(with_minimal(added_back + "views: [{name: a, keep: [service, owner]}]"))
+
+
+def test_a_key_label_two_rules_remove_is_reported_once() -> None:
+    rules = (
+        "metadata: {rules: [{collection: pods, key_labels: [namespace, pod], fields: [service]},"
+        " {collection: ns, key_label: namespace, fields: [cluster]}]}\n"
+    )
+    found = problems(with_minimal(rules + "views: [{name: a, keep: [namespace, pod]}]"))
+    assert found == [
+        "views[0].keep: keeps 'namespace', which metadata.rules[0] removes (drop_key_labels)",
+        "views[0].keep: keeps 'pod', which metadata.rules[0] removes (drop_key_labels)",
+    ]

@@ -42,6 +42,7 @@ from enrichproxy.codec import DecodedRequest, RawSeries, decode_write_request, d
 from enrichproxy.config import (
     AggregationConfig,
     Config,
+    EnrichRule,
     MetadataConfig,
     RemoteWriteConfig,
     ViewConfig,
@@ -102,6 +103,12 @@ LABEL_VALUES_RE = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)
 # Config fields that are sections of their own, and keys whose default is not a constant.
 CONFIG_SECTIONS = {"metadata", "views", "aggregation", "remote_write"}
 UNCHECKED_DEFAULTS = {
+    "metadata.rules[].name",
+    "metadata.rules[].database",
+    "metadata.rules[].collection",
+    "metadata.rules[].key_labels",
+    "metadata.rules[].key_fields",
+    "metadata.rules[].fields",
     "views[].name",
     "views[].keep",
     "remote_write[].url",
@@ -682,7 +689,7 @@ def test_dashboards_use_metrics_and_labels_enrichproxy_writes() -> None:
     assert 'order_create_failed_total{view=\\"operational\\"' in text
 
 
-def populate(telemetry: Telemetry, views: list[str], destination: str) -> None:
+def populate(telemetry: Telemetry, views: list[str], destination: str, rules: list[str]) -> None:
     """One child of every metric, as a busy enrichproxy has them."""
     t = telemetry
     for code, count in (("204", 100), ("400", 1), ("503", 2)):
@@ -694,16 +701,21 @@ def populate(telemetry: Telemetry, views: list[str], destination: str) -> None:
     t.received_metadata.inc(4)
     t.samples_dropped.labels("unsummable_quantile").inc(3)
     t.exemplars_dropped.inc(1)
-    for result, count in (("hit", 60), ("miss", 2), ("no_key", 5)):
-        t.lookups.labels(result).inc(count)
     t.label_conflicts.inc(1)
     t.series_cache_entries.set(74)
-    t.metadata_documents.set(3)
-    t.metadata_last_success.set(time.time())
-    t.metadata_age.set(4.2)
-    t.metadata_reloads.labels("success").inc(3)
-    t.metadata_reloads.labels("failure").inc(1)
-    t.metadata_rejected.labels("missing_key").inc(1)
+    for rule in rules:
+        for result, count in (("hit", 60), ("miss", 2), ("no_key", 5)):
+            t.lookups.labels(rule, result).inc(count)
+        t.metadata_documents.labels(rule).set(3)
+        t.metadata_last_success.labels(rule).set(time.time())
+        t.metadata_age.labels(rule).set(4.2)
+        t.metadata_reloads.labels(rule, "success").inc(3)
+        t.metadata_reloads.labels(rule, "failure").inc(1)
+        t.metadata_changes.labels(rule, "update").inc(2)
+        for state in ("starting", "following", "polling", "down"):
+            t.metadata_follow_state.labels(rule, state).set(state == "following")
+        t.metadata_stale.labels(rule).set(0)
+        t.metadata_rejected.labels(rule, "missing_key").inc(1)
     for view in views:
         t.view_samples_dropped.labels(view, "late").inc(1)
         t.output_series.labels(view).set(12)
@@ -730,7 +742,9 @@ def view_outputs(config: Config, now_ms: int) -> list[OutputSample]:
     """
     pipeline = Pipeline(config)
     documents = load_yaml(METADATA_YAML)
-    pipeline.set_table(build_table(documents, config.metadata, 1, now_ms / 1000).table)
+    pipeline.set_table(
+        build_table(documents, config.metadata.enrich_rules[0], 1, now_ms / 1000).table
+    )
     types = decode_write_request(decompress((FIXTURES / "metadata-only.snappy").read_bytes()))
     scrape = decode_write_request(decompress((FIXTURES / "scrape-74-series.snappy").read_bytes()))
     pipeline.ingest(types, now_ms)
@@ -763,7 +777,12 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     """
     config = parse_config(load_yaml(COMPOSE_CONFIG))
     telemetry = Telemetry()
-    populate(telemetry, [view.name for view in config.views], config.remote_write[0].name)
+    populate(
+        telemetry,
+        [view.name for view in config.views],
+        config.remote_write[0].name,
+        [rule.name for rule in config.metadata.enrich_rules],
+    )
     with Exporter(telemetry.registry) as exporter:
         sink = prometheus_factory(
             prometheus_config(scrape_configs=[scrape_config("enrichproxy", [exporter.target])]),
@@ -895,6 +914,12 @@ def config_keys() -> list[tuple[str, str | None]]:
     sections: list[tuple[str, Any]] = [
         ("", Config()),
         ("metadata.", MetadataConfig()),
+        (
+            "metadata.rules[].",
+            EnrichRule(
+                name="", database="", collection="", key_labels=(), key_fields=(), fields=()
+            ),
+        ),
         ("views[].", ViewConfig(name="", keep=())),
         ("aggregation.", AggregationConfig()),
         ("remote_write[].", RemoteWriteConfig(url="", name="")),

@@ -84,7 +84,20 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
 
 @pytest.mark.parametrize(
     ("status", "retry"),
-    [(None, True), (500, True), (503, True), (429, True), (400, False), (404, False), (413, False)],
+    [
+        (None, True),
+        (500, True),
+        (503, True),
+        (429, True),
+        (401, True),
+        (403, True),
+        (404, True),
+        (400, False),
+        (409, False),
+        (413, False),
+        (415, False),
+        (422, False),
+    ],
 )
 def test_which_answers_are_retried(status: int | None, retry: bool) -> None:
     assert is_retryable(status) is retry

@@ -40,7 +40,7 @@ def make_config(views: list[dict[str, Any]], **sections: Any) -> Config:
 
 
 def table(config: Config, documents: list[dict[str, str]]) -> MetadataTable:
-    return build_table(documents, config.metadata, version=1, loaded_at=0.0).table
+    return build_table(documents, config.metadata.enrich_rules[0], version=1, loaded_at=0.0).table
 
 
 def lines(outputs: list[ViewOutput]) -> dict[str, list[str]]:
@@ -69,7 +69,10 @@ def test_real_prometheus_payloads_through_the_example_configuration() -> None:
         now = request.series[0].samples[0][0]
         result = flow.ingest(request, now_ms=now)
         assert (result.series, result.samples) == (74, 74)
-        assert result.lookups == {Lookup.HIT: 69, Lookup.NO_KEY: 5}
+        assert result.lookups == {
+            ("pod_metadata", Lookup.HIT): 69,
+            ("pod_metadata", Lookup.NO_KEY): 5,
+        }
         assert result.dropped == {}
         assert result.label_conflicts == 0
     result = flow.ingest(stale, now_ms=stale.series[0].samples[0][0])
@@ -160,7 +163,11 @@ def test_drop_reasons() -> None:
         pipeline.DROP_NO_METRIC_NAME: 1,
         pipeline.DROP_NATIVE_HISTOGRAM: 3,
     }
-    assert result.lookups == {Lookup.HIT: 4, Lookup.MISS: 1, Lookup.NO_KEY: 1}
+    assert result.lookups == {
+        ("pod_metadata", Lookup.HIT): 4,
+        ("pod_metadata", Lookup.MISS): 1,
+        ("pod_metadata", Lookup.NO_KEY): 1,
+    }
     # The four order_total{pod="a"} lines are one series with four samples.
     assert (result.series, result.samples, result.exemplars_skipped) == (6, 9, 2)
     assert lines(flow.flush(now, final=True)) == {
@@ -276,7 +283,7 @@ def test_table_and_types_changes_rebuild_the_cache() -> None:
     assert not flow.set_table(same)  # the same (empty) content: the cache stays
     assert flow.cached_series == 2
     assert flow.set_table(table(config, [{"pod": "a", "service": "s"}]))
-    assert flow.cached_series == 0
+    assert flow.cached_series == 1  # only the series that looked up pod "a"
     flow.ingest(request, 1000)
     assert flow.cached_series == 2
     flow.learn_types([MetricMetadata("x", MetricType.GAUGE, "", "")])
@@ -326,3 +333,186 @@ def test_now_limits_only_future_samples() -> None:
     assert Counter(flow.ingest(decoded_request('x{service="s"} 1 @700001'), 100_000).dropped) == {
         pipeline.DROP_FUTURE: 1
     }
+
+
+# --- several enrichment rules -------------------------------------------------------------------
+
+CHAINED: dict[str, list[dict[str, Any]]] = {
+    "rules": [
+        {
+            "name": "pods",
+            "collection": "pod_metadata",
+            "key_labels": ["namespace", "pod"],
+            "key_fields": ["ns", "pod"],
+            "fields": ["service", "team"],
+        },
+        {
+            "name": "services",
+            "collection": "service_owners",
+            "key_label": "service",
+            "fields": ["owner"],
+            "drop_key_label": False,
+        },
+    ]
+}
+CHAINED_VIEWS = [
+    {"name": "owners", "keep": ["owner", "service"]},
+    {"name": "teams", "keep": ["team"]},
+]
+POD_DOCS = [
+    {"_id": 1, "ns": "shop", "pod": "a", "service": "checkout", "team": "web"},
+    {"_id": 2, "ns": "shop", "pod": "b", "service": "checkout", "team": "web"},
+    {"_id": 3, "ns": "shop", "pod": "c", "service": "checkout", "team": "web"},
+]
+OWNER_DOCS = [{"service": "checkout", "owner": "alice"}, {"service": "payment", "owner": "bob"}]
+
+
+def chained_pipeline() -> tuple[Config, Pipeline]:
+    config = make_config(CHAINED_VIEWS, metadata=CHAINED)
+    flow = Pipeline(config)
+    pods_rule, owners_rule = config.metadata.enrich_rules
+    assert flow.set_table(build_table(POD_DOCS, pods_rule, 1, 0.0).table, 0)
+    assert flow.set_table(build_table(OWNER_DOCS, owners_rule, 1, 0.0).table, 1)
+    return config, flow
+
+
+def label_bytes_of(request: DecodedRequest) -> dict[str, bytes]:
+    """Each series' label bytes, by its ``pod`` label (or ``-`` without one)."""
+    return {
+        dict(codec.decode_labels(raw.label_bytes)).get("pod", "-"): raw.label_bytes
+        for raw in request.series
+    }
+
+
+def test_two_chained_rules_through_the_views() -> None:
+    _config, flow = chained_pipeline()
+    result = flow.ingest(
+        decoded_request(
+            """
+            x_total{namespace="shop",pod="a"} 1 @1000
+            x_total{namespace="shop",pod="b"} 2 @1000
+            x_total{namespace="dev",pod="a"} 4 @1000
+            x_total{job="no_pod"} 8 @1000
+            x_total{job="no_pod",service="payment"} 16 @1000
+            """
+        ),
+        now_ms=1000,
+    )
+    assert result.lookups == {
+        ("pods", Lookup.HIT): 2,
+        ("pods", Lookup.MISS): 1,  # dev/a: the pod name alone is not the key
+        ("pods", Lookup.NO_KEY): 2,
+        ("services", Lookup.HIT): 3,  # the two found pods' service, and the series' own
+        ("services", Lookup.NO_KEY): 2,
+    }
+    assert result.dropped == {}
+    assert lines(flow.flush(1000, final=True)) == {
+        "owners": normalise(
+            """
+            x_total{owner="alice",service="checkout",view="owners"} 3 @15000
+            x_total{owner="bob",service="payment",view="owners"} 16 @15000
+            x_total{view="owners"} 12 @15000
+            """
+        ),
+        "teams": normalise(
+            """
+            x_total{team="web",view="teams"} 3 @15000
+            x_total{view="teams"} 28 @15000
+            """
+        ),
+    }
+
+
+def test_on_missing_drop_in_the_second_rule_drops_what_it_does_not_find() -> None:
+    metadata = {"rules": [CHAINED["rules"][0], {**CHAINED["rules"][1], "on_missing": "drop"}]}
+    config = make_config(CHAINED_VIEWS, metadata=metadata)
+    flow = Pipeline(config)
+    pods_rule, owners_rule = config.metadata.enrich_rules
+    flow.set_table(build_table(POD_DOCS, pods_rule, 1, 0.0).table, 0)
+    flow.set_table(build_table(OWNER_DOCS[1:], owners_rule, 1, 0.0).table, 1)  # no checkout
+    result = flow.ingest(
+        decoded_request(
+            'x_total{namespace="shop",pod="a"} 1 @1000\nx_total{service="payment"} 2 @1000'
+        ),
+        now_ms=1000,
+    )
+    assert result.dropped == {pipeline.DROP_METADATA_MISSING: 1}
+    assert lines(flow.flush(1000, final=True))["owners"] == normalise(
+        'x_total{owner="bob",service="payment",view="owners"} 2 @15000'
+    )
+
+
+def test_a_table_change_re_plans_only_the_series_whose_key_changed() -> None:
+    config, flow = chained_pipeline()
+    pods_rule, owners_rule = config.metadata.enrich_rules
+    text = """
+        x_total{{namespace="shop",pod="a"}} {a} @{t}
+        x_total{{namespace="shop",pod="b"}} {b} @{t}
+        x_total{{namespace="shop",pod="c"}} {c} @{t}
+        x_total{{job="no_pod"}} 1 @{t}
+    """
+    first = decoded_request(text.format(a=10, b=20, c=30, t=1000))
+    flow.ingest(first, 1000)
+    series = label_bytes_of(first)
+    plans = dict(flow._plans)
+    assert set(plans) == set(series.values())
+
+    # Pod b moves to another service: only its plan is worked out again.
+    moved = [{**doc, "service": "payment"} if doc["pod"] == "b" else doc for doc in POD_DOCS]
+    assert flow.set_table(build_table(moved, pods_rule, 2, 0.0).table, 0)
+    assert series["b"] not in flow._plans
+    for pod in ("a", "c", "-"):
+        assert flow._plans[series[pod]] is plans[series[pod]], pod
+    assert not flow.set_table(build_table(moved, pods_rule, 3, 0.0).table, 0)  # same content
+    assert flow.cached_series == 3
+
+    second = decoded_request(text.format(a=11, b=21, c=31, t=16000))
+    result = flow.ingest(second, 16000)
+    assert result.lookups[("services", Lookup.HIT)] == 3
+    assert flow._plans[series["a"]] is plans[series["a"]]
+    assert flow._plans[series["b"]] is not plans[series["b"]]
+
+    # The second rule's table: only the series that looked up checkout are worked out again.
+    replanned_b = flow._plans[series["b"]]
+    owners = [
+        {**doc, "owner": "carol"} if doc["service"] == "checkout" else doc for doc in OWNER_DOCS
+    ]
+    assert flow.set_table(build_table(owners, owners_rule, 2, 0.0).table, 1)
+    assert flow._plans[series["b"]] is replanned_b  # it looks up payment now
+    assert flow._plans[series["-"]] is plans[series["-"]]
+    assert series["a"] not in flow._plans
+    assert series["c"] not in flow._plans
+
+    output = lines(flow.flush(16000, final=True))
+    # b's total stays with checkout and only its increase since the move counts for payment:
+    # no output counter goes down.
+    assert output["owners"] == normalise(
+        """
+        x_total{owner="alice",service="checkout",view="owners"} 60 @15000
+        x_total{owner="alice",service="checkout",view="owners"} 62 @30000
+        x_total{owner="bob",service="payment",view="owners"} 1 @30000
+        x_total{view="owners"} 1 @15000
+        x_total{view="owners"} 1 @30000
+        """
+    )
+    assert output["teams"] == normalise(
+        """
+        x_total{team="web",view="teams"} 60 @15000
+        x_total{team="web",view="teams"} 63 @30000
+        x_total{view="teams"} 1 @15000
+        x_total{view="teams"} 1 @30000
+        """
+    )
+
+
+def test_a_change_to_most_keys_starts_the_cache_over() -> None:
+    config, flow = chained_pipeline()
+    request = decoded_request('x_total{namespace="shop",pod="a"} 1 @1000\nx_total{job="j"} 1 @1000')
+    flow.ingest(request, 1000)
+    assert flow.cached_series == 2
+    unchanged = flow._plans[label_bytes_of(request)["-"]]
+    owners = [{"service": "checkout", "owner": "zed"}, {"service": "x", "owner": "y"}]
+    assert flow.set_table(build_table(owners, config.metadata.enrich_rules[1], 2, 0.0).table, 1)
+    assert flow.cached_series == 0  # 3 changed keys, more than half of the 2 cached series
+    flow.ingest(request, 1000)
+    assert flow._plans[label_bytes_of(request)["-"]] is not unchanged

@@ -316,6 +316,14 @@ class ViewAggregator:
         del group.inputs[input_key]
         del self.inputs[input_key]
 
+    def mark_emitted(self, window: int) -> None:
+        """Every window up to ``window`` was emitted already (before a crash, say): never
+        emit those again, whatever state was restored."""
+        if window > self.closed_window:
+            self.closed_window = window
+            for open_window in [w for w in self.open_groups if w <= window]:
+                del self.open_groups[open_window]
+
     def touch(self, window: int, group: OutputGroup) -> None:
         groups = self.open_groups.get(window)
         if groups is None:

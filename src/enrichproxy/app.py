@@ -32,6 +32,7 @@ from enrichproxy.metadata_store import (
     TableUpdate,
 )
 from enrichproxy.pipeline import Pipeline
+from enrichproxy.state_store import StateStore
 from enrichproxy.telemetry import EXPOSITION_CONTENT_TYPE, Telemetry
 
 log = logging.getLogger(__name__)
@@ -262,26 +263,64 @@ async def metadata_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+def restore_state(proxy: Proxy, store: StateStore) -> None:
+    """Continue the aggregation saved by the last run (checkpoint plus emitted marker)."""
+    states, emitted = store.load()
+    if states:
+        skipped = proxy.pipeline.restore_state(states)
+        for name, reason in skipped.items():
+            log.warning("view=%s starts empty: %s", name, reason)
+        log.info("aggregation state restored from %s", store.path)
+    for view, aggregator in zip(proxy.pipeline.views, proxy.pipeline.aggregators, strict=True):
+        if view.name in emitted:
+            aggregator.mark_emitted(emitted[view.name])
+
+
 async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Emits complete windows every tick; with ``state_path``, also checkpoints the state."""
     proxy = app[PROXY]
+    settings = proxy.config.aggregation
+    store = StateStore(settings.state_path) if settings.state_path else None
+    if store is not None:
+        restore_state(proxy, store)
 
     def flush(final: bool) -> None:
-        outputs = proxy.pipeline.flush(now_ms(), final=final)
+        pipeline = proxy.pipeline
+        outputs = pipeline.flush(now_ms(), final=final)
         proxy.telemetry.record_outputs(outputs)
+        if store is not None and any(output.samples for output in outputs):
+            # Before the samples are queued: after a crash, never emit these windows again.
+            store.mark_emitted(pipeline.emitted_windows())
         for output in outputs:
             proxy.forwarder.enqueue(output.samples)
+        proxy.forwarder.sync()
+
+    def checkpoint() -> None:
+        if store is not None:
+            started = time.perf_counter()
+            store.save(proxy.pipeline.export_state())
+            proxy.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
 
     async def loop() -> None:
+        next_checkpoint = time.monotonic() + settings.checkpoint_interval_ms / 1000
         while True:
             await asyncio.sleep(FLUSH_TICK_SECONDS)
             flush(final=False)
+            if store is not None and time.monotonic() >= next_checkpoint:
+                checkpoint()
+                next_checkpoint = time.monotonic() + settings.checkpoint_interval_ms / 1000
 
     task = asyncio.create_task(loop(), name="aggregation-flush")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    flush(final=True)
+    if store is not None:
+        # The open windows stay open: the next start continues them from the checkpoint.
+        flush(final=False)
+        checkpoint()
+    else:
+        flush(final=True)
     timeout = proxy.config.shutdown_timeout_ms / 1000
     if not await proxy.forwarder.drain(timeout):
         log.error("shutdown: queues not drained within %.0fs", timeout)

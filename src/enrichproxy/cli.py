@@ -1,4 +1,5 @@
-"""Command line: ``enrichproxy serve|check|loadgen|demo`` (also ``python -m enrichproxy``).
+"""Command line: ``enrichproxy serve|check|loadgen|demo|metadata|explain`` (also ``python -m
+enrichproxy``).
 
 Flags that name files or addresses also read an environment variable (shown in ``--help``), so
 a container can be configured without a command line.
@@ -15,12 +16,16 @@ from collections.abc import Sequence
 
 from enrichproxy import __version__
 from enrichproxy.config import Config, load_config
-from enrichproxy.errors import ConfigError
+from enrichproxy.errors import ConfigError, EnrichproxyError
 
 log = logging.getLogger("enrichproxy")
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
+EXIT_FAILED = 1
+"""The command did not do all it was asked: documents rejected, MongoDB or the proxy unreachable."""
+# How long ``explain`` waits for the proxy; it answers from memory, so this only bounds a hang.
+EXPLAIN_TIMEOUT_SECONDS = 10.0
 
 
 def configure_logging(level: str) -> None:
@@ -108,6 +113,131 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo.run(args))
 
 
+def cmd_metadata_import(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from enrichproxy import metadata_admin
+
+    try:
+        documents = metadata_admin.read_documents(args.file)
+        report = asyncio.run(metadata_admin.import_documents(config.metadata, documents, args.rule))
+    except EnrichproxyError as exc:
+        print(f"enrichproxy: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{args.file}: {report.summary()}")
+    for line in report.rejected:
+        print(f"{args.file}: rejected {line}", file=sys.stderr)
+    return EXIT_FAILED if report.rejected else EXIT_OK
+
+
+def cmd_metadata_export(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from enrichproxy import metadata_admin
+
+    try:
+        documents = asyncio.run(metadata_admin.export_documents(config.metadata, args.rule))
+        text = metadata_admin.format_documents(documents, args.format)
+    except EnrichproxyError as exc:
+        print(f"enrichproxy: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Ask a running proxy; its answer is printed as it comes (text, or JSON with --json)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from enrichproxy.explain import EXPLAIN_PATH
+
+    query = urllib.parse.urlencode({"series": args.series})
+    url = f"{args.url.rstrip('/')}{EXPLAIN_PATH}?{query}"
+    accept = "application/json" if args.json else "text/plain"
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    # The proxy is addressed directly: an HTTP proxy from the environment has no business here.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=args.timeout) as response:
+            body = response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            answer = exc.read().decode(errors="replace").strip()
+        print(f"enrichproxy: {args.url} answered {exc.code}: {answer}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        print(f"enrichproxy: cannot reach {args.url}: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(body if body.endswith("\n") else body + "\n")
+    return EXIT_OK
+
+
+def _add_metadata_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    metadata = commands.add_parser(
+        "metadata", help="import or export the documents of a rule's MongoDB collection"
+    )
+    actions = metadata.add_subparsers(dest="metadata_command", required=True)
+
+    def rule_argument(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--rule",
+            default=os.environ.get("ENRICHPROXY_RULE"),
+            help="the enrichment rule whose collection to use (env ENRICHPROXY_RULE;"
+            " default: the first rule)",
+        )
+
+    importer = actions.add_parser(
+        "import",
+        help="upsert documents by key from a YAML, JSON or CSV file",
+        description="Validate every document as the proxy would, upsert the valid ones by the"
+        " rule's key fields (creating the unique index on them) and report inserted, updated,"
+        " unchanged and rejected. Exit status 1 when a document was rejected or MongoDB"
+        " could not be used.",
+    )
+    importer.add_argument("file", help="documents: .yaml/.yml or .json (a list), or .csv")
+    _config_argument(importer)
+    rule_argument(importer)
+    importer.set_defaults(func=cmd_metadata_import)
+
+    exporter = actions.add_parser("export", help="print every document, ordered by key")
+    _config_argument(exporter)
+    rule_argument(exporter)
+    exporter.add_argument(
+        "--format", choices=["yaml", "json", "csv"], default="yaml", help="default %(default)s"
+    )
+    exporter.set_defaults(func=cmd_metadata_export)
+
+
+def _add_explain_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    explain = commands.add_parser(
+        "explain",
+        help="ask a running proxy what it does with one series",
+        description="The lookup key and matching document per rule, the enriched labels, and"
+        " per view the output series and its aggregation group's current value.",
+    )
+    explain.add_argument(
+        "series", help='the series\' exact labels, e.g. order_total{pod="checkout-1",job="app"}'
+    )
+    explain.add_argument(
+        "--url",
+        default=os.environ.get("ENRICHPROXY_URL", "http://127.0.0.1:9201"),
+        help="the proxy's base URL (env ENRICHPROXY_URL; default %(default)s)",
+    )
+    explain.add_argument("--json", action="store_true", help="print the JSON answer")
+    explain.add_argument(
+        "--timeout",
+        type=float,
+        default=EXPLAIN_TIMEOUT_SECONDS,
+        help="seconds (default %(default)s)",
+    )
+    explain.set_defaults(func=cmd_explain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="enrichproxy",
@@ -149,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(func=cmd_demo)
+
+    _add_metadata_commands(commands)
+    _add_explain_command(commands)
     return parser
 
 

@@ -110,6 +110,22 @@ class AggregationConfig:
     it continues its counter instead of being counted again from zero."""
     idle_flush_ms: int = 60_000
     """Wall time without any newer sample after which the open windows are emitted anyway."""
+    state_path: str | None = None
+    """File the aggregation state is checkpointed to and restored from at start."""
+    checkpoint_interval_ms: int = 10_000
+    """How often the state is written. What a crash loses since is only the attribution of
+    counter increases to windows: the next sample of each counter carries them."""
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """A destination's disk queue: batches wait there until the destination accepts them."""
+
+    path: str
+    max_bytes: int = 1024**3
+    when_full: str = "block"
+    """block: answer writes 503 (nothing lost; the sender retries); drop_oldest: make room by
+    giving up the oldest batches, counted as dropped with reason queue_full."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,8 @@ class RemoteWriteConfig:
     min_backoff_ms: int = 100
     max_backoff_ms: int = 10_000
     headers: tuple[tuple[str, str], ...] = ()
+    queue: QueueConfig | None = None
+    """A disk queue; without one, samples wait in memory (``capacity``)."""
 
 
 @dataclass(frozen=True)
@@ -500,7 +518,15 @@ def _label_value_name(value: Any, path: str) -> str:
 
 
 def _parse_aggregation(data: Any, problems: _Problems) -> AggregationConfig:
-    known = {"interval", "lateness", "stale_after", "retention", "idle_flush"}
+    known = {
+        "interval",
+        "lateness",
+        "stale_after",
+        "retention",
+        "idle_flush",
+        "state_path",
+        "checkpoint_interval",
+    }
     section = _Section(data, "aggregation", problems, known)
     default = AggregationConfig()
     return AggregationConfig(
@@ -509,6 +535,10 @@ def _parse_aggregation(data: Any, problems: _Problems) -> AggregationConfig:
         stale_after_ms=section.get("stale_after", default.stale_after_ms, _positive_duration),
         retention_ms=section.get("retention", default.retention_ms, _positive_duration),
         idle_flush_ms=section.get("idle_flush", default.idle_flush_ms, _positive_duration),
+        state_path=section.get("state_path", default.state_path, _string),
+        checkpoint_interval_ms=section.get(
+            "checkpoint_interval", default.checkpoint_interval_ms, _positive_duration
+        ),
     )
 
 
@@ -525,6 +555,19 @@ def _parse_headers(value: Any, path: str, problems: _Problems) -> tuple[tuple[st
         else:
             headers.append((str(name), header_value))
     return tuple(headers)
+
+
+def _parse_queue(data: Any, path: str, problems: _Problems) -> QueueConfig | None:
+    section = _Section(data, path, problems, {"path", "max_bytes", "when_full"})
+    if "path" not in section.data:
+        problems.add(section.at("path"), "is required (a directory for this destination only)")
+        return None
+    default = QueueConfig(path="")
+    return QueueConfig(
+        path=section.get("path", "", _string),
+        max_bytes=section.get("max_bytes", default.max_bytes, _byte_size),
+        when_full=section.get("when_full", default.when_full, _choice("block", "drop_oldest")),
+    )
 
 
 def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConfig, ...]:
@@ -544,6 +587,7 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
         "min_backoff",
         "max_backoff",
         "headers",
+        "queue",
     }
     destinations: list[RemoteWriteConfig] = []
     names: set[str] = set()
@@ -573,13 +617,52 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
                 if section.data.get("headers") is not None
                 else ()
             ),
+            queue=(
+                _parse_queue(section.data["queue"], section.at("queue"), problems)
+                if section.data.get("queue") is not None
+                else None
+            ),
         )
         if config.min_backoff_ms > config.max_backoff_ms:
             problems.add(section.at("min_backoff"), "must not exceed max_backoff")
         destinations.append(config)
     if not data:
         problems.add("remote_write", "at least one destination is required")
+    queue_paths: dict[str, int] = {}
+    for index, destination in enumerate(destinations):
+        if destination.queue is not None and destination.queue.path:
+            other = queue_paths.setdefault(destination.queue.path, index)
+            if other != index:
+                problems.add(
+                    f"remote_write[{index}].queue.path",
+                    f"is also remote_write[{other}]'s queue: each destination needs its own",
+                )
     return tuple(destinations)
+
+
+def _removed_key_labels(metadata: MetadataConfig) -> dict[str, str]:
+    """Key labels an enriched series ends up without → which setting removes them.
+
+    A rule with ``drop_key_labels`` removes its key labels on a hit, unless it adds them itself;
+    a later rule that adds the label puts it back. So with pod → service, then service → owner,
+    the second rule removes ``service`` although the first one added it: a view keeping
+    ``service`` would have it only on series whose service has no owner document.
+    """
+    rules = metadata.enrich_rules
+    removed: dict[str, str] = {}
+    for index, rule in enumerate(rules):
+        if not rule.drop_key_labels:
+            continue
+        added_later = {name for later in rules[index:] for name in later.fields}
+        where = (
+            f"metadata.rules[{index}] removes (drop_key_labels)"
+            if metadata.rules
+            else "metadata.drop_key_label removes"
+        )
+        for label in rule.key_labels:
+            if label not in added_later:
+                removed.setdefault(label, where)
+    return removed
 
 
 def parse_config(data: Any) -> Config:
@@ -609,16 +692,11 @@ def parse_config(data: Any) -> Config:
             "shutdown_timeout", default.shutdown_timeout_ms, _positive_duration
         ),
     )
-    rules = config.metadata.enrich_rules
-    added = {name for rule in rules for name in rule.fields}
+    removed = _removed_key_labels(config.metadata)
     for index, view in enumerate(config.views):
-        for rule in rules:
-            for label in rule.key_labels:
-                if rule.drop_key_labels and label in view.keep and label not in added:
-                    problems.add(
-                        f"views[{index}].keep",
-                        f"keeps {label!r}, which metadata.drop_key_label removes",
-                    )
+        for label in view.keep:
+            if label in removed:
+                problems.add(f"views[{index}].keep", f"keeps {label!r}, which {removed[label]}")
     if problems.items:
         raise ConfigError(problems.items)
     return config

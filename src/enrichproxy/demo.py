@@ -25,13 +25,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
 from enrichproxy import loadgen
 from enrichproxy.app import create_app
 from enrichproxy.config import Config, RemoteWriteConfig, load_config
+from enrichproxy.metadata_admin import import_documents, read_documents
 
 LOCALHOST = "127.0.0.1"
 PROMETHEUS = "/usr/bin/prometheus"
@@ -116,17 +116,6 @@ async def _mongo(workdir: Path) -> AsyncIterator[str]:
         yield uri
 
 
-async def _seed(uri: str, config: Config, documents: list[dict[str, Any]]) -> None:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
-    try:
-        collection = client[config.metadata.database][config.metadata.collection]
-        key = config.metadata.key_field
-        for document in documents:
-            await collection.replace_one({key: document[key]}, document, upsert=True)
-    finally:
-        await client.close()
-
-
 def _query(base: str, promql: str) -> list[dict[str, Any]]:
     url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -152,7 +141,7 @@ async def run(args: argparse.Namespace) -> int:
         print("the demo needs Prometheus: apt-get install -y prometheus", file=sys.stderr)
         return 1
     base_config = load_config(args.config)
-    documents = yaml.safe_load(Path(args.metadata).read_text(encoding="utf-8"))
+    documents = read_documents(args.metadata)
     workdir = Path(tempfile.mkdtemp(prefix="enrichproxy-demo-"))
     sink_port, proxy_port = _free_port(), _free_port()
     sink = f"http://{LOCALHOST}:{sink_port}"
@@ -160,8 +149,12 @@ async def run(args: argparse.Namespace) -> int:
     try:
         async with contextlib.AsyncExitStack() as stack:
             uri = await stack.enter_async_context(_mongo(workdir))
-            await _seed(uri, base_config, documents)
-            print(f"MongoDB-compatible server (secantusdb) at {uri}: {len(documents)} documents")
+            # Seeded the way an operator loads the table: `enrichproxy metadata import`.
+            seeded = replace(base_config.metadata, mongodb_uri=uri)
+            report = await import_documents(seeded, documents)
+            print(f"MongoDB-compatible server (secantusdb) at {uri}: {report.summary()}")
+            for line in report.rejected:
+                print(f"  {args.metadata}: rejected {line}")
             await stack.enter_async_context(
                 _process(
                     PROMETHEUS,

@@ -7,7 +7,8 @@
     │   ├── DecodeError         400: malformed snappy or protobuf
     │   ├── PayloadTooLarge     413: declared or actual size over the limit
     │   ├── UnsupportedMediaType 415: content type or encoding we do not speak
-    │   └── LimitExceeded       400: a request-shape limit
+    │   ├── LimitExceeded       400: a request-shape limit
+    │   └── BadQuery            400: a debug endpoint's query parameter we cannot use
     ├── Unavailable             503: our own transient problem; the sender must retry
     └── ConfigError             a bad configuration, with the YAML path of every problem
 
@@ -39,6 +40,12 @@ class UnsupportedMediaType(RequestError):
 
 
 class LimitExceeded(RequestError):
+    status = 400
+
+
+class BadQuery(RequestError):
+    """A missing or unusable query parameter of a read-only endpoint (``/debug/explain``)."""
+
     status = 400
 
 

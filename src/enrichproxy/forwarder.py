@@ -4,15 +4,25 @@ Per destination, samples are sharded by a stable hash of their output label set,
 has exactly one request in flight, retried until it succeeds or fails for good, so every series
 reaches the destination in timestamp order (spec, "Per-series order").
 
-What each answer means (remote-write spec, §2):
+What each answer means. The spec (§2) says only 5xx and 429 are retried; Prometheus drops on
+every other 4xx (and on 429 by default), vmagent drops only on 400, 409 and 415. Ours:
 
-======================  ==============================================================
-2xx                     written
-5xx, 429, no answer     transient: retry with exponential backoff and jitter, honouring
-                        Retry-After; the shard waits, so order is kept
-other 4xx               permanent: the receiver will never take this batch; log the
-                        answer, count the samples as dropped, go on with the next batch
-======================  ==============================================================
+===================================  ===================================================
+2xx                                  written
+5xx, 429, no answer                  transient: retry with exponential backoff and
+                                     jitter, honouring Retry-After
+401, 403, 404, 407, 408, 425         retried like a 5xx: a wrong credential, tenant or
+                                     URL is a misconfiguration that a fix heals, and a
+                                     dropped batch would not come back. The queue fills
+                                     meanwhile and, when full, writes are answered 503
+                                     (or, with ``when_full: drop_oldest``, the oldest
+                                     batches go), so the problem shows on every alert.
+any other 4xx (400, 409, 413, 422…)  permanent: this batch will never be taken (bad data,
+                                     out of order, too large); log the answer, count the
+                                     samples as dropped by destination and status, go on
+===================================  ===================================================
+
+While a batch is retried its shard waits, so per-series order holds.
 """
 
 from __future__ import annotations
@@ -25,13 +35,16 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import aiohttp
 
 from enrichproxy import __version__
 from enrichproxy.codec import compress, encode_write_request
 from enrichproxy.config import RemoteWriteConfig
+from enrichproxy.disk_queue import Record, ShardQueue
 from enrichproxy.model import OutputSample
 from enrichproxy.telemetry import Telemetry
 
@@ -65,9 +78,13 @@ def retry_after_seconds(header: str | None) -> float | None:
     return min(max(wait, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
+# Client errors that say "not like this, not now" rather than "never this data" (table above).
+RETRIED_CLIENT_ERRORS = frozenset({401, 403, 404, 407, 408, 425, 429})
+
+
 def is_retryable(status: int | None) -> bool:
     """None stands for no answer at all (connection refused, reset, timeout)."""
-    return status is None or status >= 500 or status == 429
+    return status is None or status >= 500 or status in RETRIED_CLIENT_ERRORS
 
 
 def encode_batch(batch: Iterable[OutputSample]) -> bytes:
@@ -78,11 +95,85 @@ def encode_batch(batch: Iterable[OutputSample]) -> bytes:
     return compress(encode_write_request(by_series.items()))
 
 
-class _Shard:
-    def __init__(self) -> None:
-        self.queue: deque[OutputSample] = deque()
-        self.wakeup = asyncio.Event()
-        self.busy = False
+@dataclass
+class Batch:
+    """One request's worth of samples, encoded."""
+
+    body: bytes
+    samples: int
+    record: Record | None = None
+    """Its place in the disk queue, when there is one."""
+
+
+class MemoryShard:
+    """A shard's samples in memory, encoded when they are sent (lost on a crash)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._queue: deque[OutputSample] = deque()
+        self.samples = 0
+        """Queued and in flight."""
+        self.size_bytes = 0
+
+    def put(self, samples: list[OutputSample]) -> None:
+        self._queue.extend(samples)
+        self.samples += len(samples)
+
+    def take(self) -> Batch | None:
+        if not self._queue:
+            return None
+        batch = [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
+        return Batch(encode_batch(batch), len(batch))
+
+    def done(self, batch: Batch) -> None:
+        self.samples -= batch.samples
+
+    def discard(self) -> int:
+        """Give up on everything at shutdown; how many samples that was."""
+        dropped, self.samples = self.samples, 0
+        self._queue.clear()
+        return dropped
+
+    def sync(self) -> None:
+        pass
+
+
+class DiskShard:
+    """A shard's batches in a disk queue: encoded when queued, kept until accepted."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        self._limit = limit
+        self.queue = ShardQueue(directory)
+
+    @property
+    def samples(self) -> int:
+        return self.queue.samples
+
+    @property
+    def size_bytes(self) -> int:
+        return self.queue.size_bytes
+
+    def put(self, samples: list[OutputSample]) -> None:
+        for start in range(0, len(samples), self._limit):
+            chunk = samples[start : start + self._limit]
+            self.queue.append(encode_batch(chunk), len(chunk))
+
+    def take(self) -> Batch | None:
+        record = self.queue.peek()
+        return None if record is None else Batch(record.body, record.samples, record)
+
+    def done(self, batch: Batch) -> None:
+        assert batch.record is not None
+        self.queue.ack(batch.record)
+
+    def discard(self) -> int:
+        return 0  # stays on disk for the next start
+
+    def sync(self) -> None:
+        self.queue.sync()
+
+
+Shard = MemoryShard | DiskShard
 
 
 class Destination:
@@ -100,49 +191,99 @@ class Destination:
         self._session = session
         self._telemetry = telemetry
         self._rng = rng or random.Random()
-        self._shards = [_Shard() for _ in range(config.shards)]
+        limit = config.max_samples_per_send
+        queue = config.queue
+        self._shards: list[Shard] = [
+            DiskShard(Path(queue.path) / f"shard-{index}", limit)
+            if queue is not None
+            else MemoryShard(limit)
+            for index in range(config.shards)
+        ]
+        self._wakeups = [asyncio.Event() for _ in self._shards]
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
         self._give_up_at: float | None = None
-        self.queued = 0
         self._idle = asyncio.Event()
-        self._idle.set()
+        self._update_idle()
         self._headers = {**dict(config.headers), **REMOTE_WRITE_HEADERS}
         telemetry.queue_capacity.labels(self.name).set(config.capacity)
         telemetry.watch_function(
             telemetry.queue_samples.labels(self.name), lambda: float(self.queued)
         )
+        telemetry.watch_function(
+            telemetry.queue_bytes.labels(self.name), lambda: float(self.queued_bytes)
+        )
+
+    @property
+    def queued(self) -> int:
+        return sum(shard.samples for shard in self._shards)
+
+    @property
+    def queued_bytes(self) -> int:
+        return sum(shard.size_bytes for shard in self._shards)
 
     @property
     def full(self) -> bool:
-        return self.queued >= self.config.capacity
+        queue = self.config.queue
+        if queue is None:
+            return self.queued >= self.config.capacity
+        return queue.when_full == "block" and self.queued_bytes >= queue.max_bytes
+
+    def _update_idle(self) -> None:
+        if self.queued:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     def start(self) -> None:
+        if self.queued:
+            log.info("destination=%s resuming %d queued samples", self.name, self.queued)
         self._tasks = [
-            asyncio.create_task(self._run(shard), name=f"forward-{self.name}-{i}")
-            for i, shard in enumerate(self._shards)
+            asyncio.create_task(self._run(index), name=f"forward-{self.name}-{index}")
+            for index in range(len(self._shards))
         ]
 
     def enqueue(self, samples: Iterable[OutputSample]) -> None:
         """Queue samples for sending. Never refuses: callers check ``full`` beforehand."""
         shards = self._shards
         count = len(shards)
-        touched = set()
-        added = 0
+        by_shard: dict[int, list[OutputSample]] = {}
         for sample in samples:
-            index = zlib.crc32(sample.label_bytes) % count
-            shards[index].queue.append(sample)
-            touched.add(index)
-            added += 1
-        if added:
-            self.queued += added
+            by_shard.setdefault(zlib.crc32(sample.label_bytes) % count, []).append(sample)
+        for index, shard_samples in by_shard.items():
+            shards[index].put(shard_samples)
+            self._wakeups[index].set()
+        if by_shard:
             self._idle.clear()
-            for index in touched:
-                shards[index].wakeup.set()
+            self._make_room()
+
+    def _make_room(self) -> None:
+        queue = self.config.queue
+        if queue is None or queue.when_full != "drop_oldest":
+            return
+        while self.queued_bytes > queue.max_bytes:
+            largest = max(
+                (s for s in self._shards if isinstance(s, DiskShard)), key=lambda s: s.size_bytes
+            )
+            dropped = largest.queue.drop_oldest()
+            if not dropped:
+                break
+            log.warning("destination=%s queue full: dropped %d oldest samples", self.name, dropped)
+            self._telemetry.forward_dropped.labels(self.name, "queue_full").inc(dropped)
+
+    def sync(self) -> None:
+        """Make everything queued so far durable (a no-op for memory queues)."""
+        for shard in self._shards:
+            shard.sync()
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until everything queued was sent or given up on; False on timeout."""
+        """Wait until everything queued was sent or given up on; False on timeout.
+
+        A disk queue only needs to be durable: what it holds is sent after the next start.
+        """
         self._give_up_at = time.monotonic() + timeout
+        if self.config.queue is not None:
+            self.sync()
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -150,66 +291,72 @@ class Destination:
         return True
 
     async def stop(self) -> None:
-        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.queued:
-            log.error(
-                "destination=%s dropped %d queued samples at shutdown", self.name, self.queued
-            )
-            self._telemetry.forward_dropped.labels(self.name, "shutdown").inc(self.queued)
-            self.queued = 0
+        dropped = sum(shard.discard() for shard in self._shards)
+        if dropped:
+            log.error("destination=%s dropped %d queued samples at shutdown", self.name, dropped)
+            self._telemetry.forward_dropped.labels(self.name, "shutdown").inc(dropped)
+        elif self.queued:
+            log.info("destination=%s keeps %d samples queued on disk", self.name, self.queued)
 
-    async def _run(self, shard: _Shard) -> None:
-        limit = self.config.max_samples_per_send
+    async def _run(self, index: int) -> None:
+        shard, wakeup = self._shards[index], self._wakeups[index]
         while True:
-            if not shard.queue:
-                shard.wakeup.clear()
-                await shard.wakeup.wait()
+            batch = shard.take()
+            if batch is None:
+                wakeup.clear()
+                self._update_idle()
+                await wakeup.wait()
                 continue
-            batch = [shard.queue.popleft() for _ in range(min(limit, len(shard.queue)))]
-            finished = False
+            sent = False
             try:
-                await self._send(batch)  # accounts for what it sent or gave up on
-                finished = True
+                sent = await self._send(batch)
             finally:
-                if not finished:  # cancelled mid-send at shutdown
-                    self._telemetry.forward_dropped.labels(self.name, "shutdown").inc(len(batch))
-                self.queued -= len(batch)
-                if self.queued == 0:
-                    self._idle.set()
+                if sent or isinstance(shard, MemoryShard):
+                    shard.done(batch)
+                if not sent and isinstance(shard, MemoryShard):  # cancelled mid-send
+                    self._telemetry.forward_dropped.labels(self.name, "shutdown").inc(batch.samples)
+                self._update_idle()
 
-    async def _send(self, batch: list[OutputSample]) -> None:
-        body = encode_batch(batch)
+    async def _send(self, batch: Batch) -> bool:
+        """Send until accepted or given up for good; False only when cancelled."""
+        body = batch.body
         attempt = 0
         while True:
             status, detail, retry_after = await self._attempt(body)
             if status is not None and 200 <= status < 300:
-                self._telemetry.forward_samples.labels(self.name).inc(len(batch))
-                return
+                self._telemetry.forward_samples.labels(self.name).inc(batch.samples)
+                return True
             if not is_retryable(status):
                 log.error(
                     "destination=%s refused %d samples status=%s answer=%r",
                     self.name,
-                    len(batch),
+                    batch.samples,
                     status,
                     detail,
                 )
-                self._telemetry.forward_dropped.labels(self.name, str(status)).inc(len(batch))
-                return
+                self._telemetry.forward_dropped.labels(self.name, str(status)).inc(batch.samples)
+                return True
             backoff = self._backoff(attempt, retry_after)
-            if self._give_up_at is not None and time.monotonic() + backoff > self._give_up_at:
+            shutting_down = self._give_up_at is not None
+            # At shutdown a memory queue gives up at the deadline; a disk queue keeps the batch.
+            if (
+                shutting_down
+                and batch.record is None
+                and time.monotonic() + backoff > (self._give_up_at or 0.0)
+            ):
                 log.error(
                     "destination=%s shutting down: giving up %d samples after status=%s",
                     self.name,
-                    len(batch),
+                    batch.samples,
                     status or "no answer",
                 )
-                self._telemetry.forward_dropped.labels(self.name, "shutdown").inc(len(batch))
-                return
+                self._telemetry.forward_dropped.labels(self.name, "shutdown").inc(batch.samples)
+                return True
             log.warning(
                 "destination=%s retrying in %.2fs status=%s answer=%r",
                 self.name,
@@ -276,6 +423,10 @@ class Forwarder:
         if samples:
             for destination in self.destinations:
                 destination.enqueue(samples)
+
+    def sync(self) -> None:
+        for destination in self.destinations:
+            destination.sync()
 
     async def drain(self, timeout: float) -> bool:
         results = await asyncio.gather(*(d.drain(timeout) for d in self.destinations))

@@ -271,6 +271,13 @@ class Pipeline:
             for view, aggregator in zip(self.views, self.aggregators, strict=True)
         }
 
+    def emitted_windows(self) -> dict[str, int]:
+        """Per view, the last window emitted."""
+        return {
+            view.name: aggregator.closed_window
+            for view, aggregator in zip(self.views, self.aggregators, strict=True)
+        }
+
     def restore_state(self, states: dict[str, Any]) -> dict[str, str]:
         """Load saved view states into this fresh pipeline; returns view → why it was not.
 

@@ -172,6 +172,12 @@ class Telemetry:
             ["view"],
             registry=r,
         )
+        self.checkpoint_duration = Histogram(
+            "enrichproxy_aggregation_checkpoint_duration_seconds",
+            "Time to write the aggregation state to aggregation.state_path.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.output_samples = Counter(
             "enrichproxy_output_samples_total",
             "Samples emitted by each view (stale markers included).",
@@ -214,6 +220,12 @@ class Telemetry:
         self.queue_samples = Gauge(
             "enrichproxy_queue_samples",
             "Samples queued for a destination.",
+            ["destination"],
+            registry=r,
+        )
+        self.queue_bytes = Gauge(
+            "enrichproxy_queue_bytes",
+            "Bytes of a destination's disk queue (0 in memory).",
             ["destination"],
             registry=r,
         )

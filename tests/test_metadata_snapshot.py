@@ -1,0 +1,131 @@
+"""The metadata snapshot file's content: every rule's table out, and back only for the same rules.
+
+Only the pure halves (``snapshot_document``, ``read_snapshot``); writing and reading the file
+around MongoDB outages is in tests/test_integration_metadata.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from enrichproxy.config import EnrichRule
+from enrichproxy.metadata_store import SNAPSHOT_FORMAT, read_snapshot, snapshot_document
+from enrichproxy.metadata_table import MetadataTable
+
+PODS = EnrichRule(
+    name="pods",
+    database="metrics",
+    collection="pod_metadata",
+    key_labels=("namespace", "pod"),
+    key_fields=("ns", "pod"),
+    fields=("service", "team"),
+)
+OWNERS = EnrichRule(
+    name="owners",
+    database="metrics",
+    collection="service_owners",
+    key_labels=("service",),
+    key_fields=("service",),
+    fields=("owner",),
+    drop_key_labels=False,
+)
+RULES = [PODS, OWNERS]
+TABLES = [
+    MetadataTable(
+        {
+            ("shop", "a"): (("service", "checkout"), ("team", "web")),
+            ("dev", "a"): (("service", "checkout-canary"),),
+            ("shop", "bare"): (),
+        },
+        version=7,
+        loaded_at=1_700_000_000.25,
+    ),
+    MetadataTable({("checkout",): (("owner", "ünïcode"),)}, version=3, loaded_at=1_700_000_100.0),
+]
+
+
+def saved() -> Any:
+    """The snapshot as it comes back from the file (JSON, as ``write_snapshot`` writes it)."""
+    document = snapshot_document(list(zip(RULES, TABLES, strict=True)))
+    return json.loads(json.dumps(document, separators=(",", ":")))
+
+
+def test_a_snapshot_reads_back_into_the_same_tables() -> None:
+    document = saved()
+    assert document["format"] == SNAPSHOT_FORMAT
+    tables = read_snapshot(document, RULES)
+    assert tables is not None
+    assert [dict(table.entries) for table in tables] == [dict(t.entries) for t in TABLES]
+    assert [table.loaded_at for table in tables] == [t.loaded_at for t in TABLES]
+    assert tables[0].lookup(("shop", "a")) == (("service", "checkout"), ("team", "web"))
+    assert tables[0].lookup(("a", "shop")) is None
+
+
+def test_labels_come_back_sorted_whatever_order_the_file_has() -> None:
+    document = saved()
+    document["rules"][0]["entries"] = [[["shop", "a"], {"team": "web", "service": "checkout"}]]
+    tables = read_snapshot(document, RULES)
+    assert tables is not None
+    assert dict(tables[0].entries) == {("shop", "a"): (("service", "checkout"), ("team", "web"))}
+
+
+def test_an_empty_table_round_trips() -> None:
+    document = snapshot_document([(OWNERS, MetadataTable({}, loaded_at=5.0))])
+    tables = read_snapshot(json.loads(json.dumps(document)), [OWNERS])
+    assert tables is not None
+    assert [(dict(t.entries), t.loaded_at) for t in tables] == [({}, 5.0)]
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        pytest.param([replace(PODS, name="pods2"), OWNERS], id="renamed rule"),
+        pytest.param([replace(PODS, collection="pods"), OWNERS], id="other collection"),
+        pytest.param([replace(PODS, key_fields=("pod", "ns")), OWNERS], id="key fields reordered"),
+        pytest.param([replace(PODS, key_fields=("pod",)), OWNERS], id="fewer key fields"),
+        pytest.param([replace(PODS, fields=("service",)), OWNERS], id="other fields"),
+        pytest.param([OWNERS, PODS], id="rules reordered"),
+        pytest.param([PODS], id="a rule less"),
+        pytest.param([PODS, OWNERS, replace(OWNERS, name="more")], id="a rule more"),
+    ],
+)
+def test_a_snapshot_of_other_rules_is_refused(rules: list[EnrichRule]) -> None:
+    assert read_snapshot(saved(), RULES) is not None
+    assert read_snapshot(saved(), rules) is None
+
+
+def test_key_labels_and_rule_options_do_not_change_the_tables() -> None:
+    """The tables hold document fields: what the series side of a rule does is not saved."""
+    rules = [
+        replace(PODS, key_labels=("k8s_namespace", "k8s_pod"), on_missing="drop"),
+        replace(OWNERS, drop_key_labels=True),
+    ]
+    tables = read_snapshot(saved(), rules)
+    assert tables is not None
+    assert [dict(table.entries) for table in tables] == [dict(t.entries) for t in TABLES]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        None,
+        [],
+        {},
+        {"rules": []},
+        {"format": "enrichproxy-metadata-snapshot/0", "rules": []},
+        {"format": SNAPSHOT_FORMAT},
+        {"format": SNAPSHOT_FORMAT, "rules": {}},
+    ],
+)
+def test_a_document_that_is_no_snapshot_is_refused(document: Any) -> None:
+    assert read_snapshot(document, RULES) is None
+
+
+def test_another_format_version_is_refused() -> None:
+    document = saved()
+    document["format"] = SNAPSHOT_FORMAT + "0"
+    assert read_snapshot(document, RULES) is None
