@@ -42,6 +42,7 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/queue_bench.py
 
 check: lint test
 

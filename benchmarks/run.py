@@ -399,7 +399,7 @@ def start_secantus(workdir: Path) -> tuple[Child, str]:
 
 
 def proxy_config(
-    mongo_uri: str, sink_url: str, port: int, args: argparse.Namespace
+    mongo_uri: str, sink_url: str, port: int, args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
     """conf/enrichproxy.yaml with its addresses pointed at this benchmark's parts.
 
@@ -410,6 +410,10 @@ def proxy_config(
     data["log_level"] = "warning"
     data["metadata"]["mongodb_uri"] = mongo_uri
     data["remote_write"] = [{"url": f"{sink_url}/api/v1/write"}]
+    if args.disk_queue:
+        data["remote_write"][0]["queue"] = {"path": str(workdir / "queue")}
+        aggregation_state = data.setdefault("aggregation", {})
+        aggregation_state["state_path"] = str(workdir / "state.json")
     data["shutdown_timeout"] = PROXY_SHUTDOWN_TIMEOUT
     aggregation = data.setdefault("aggregation", {})
     if args.window is not None:
@@ -424,7 +428,7 @@ def start_proxy(
 ) -> tuple[Child, str]:
     port = free_port()
     config_path = workdir / "enrichproxy.yaml"
-    config = proxy_config(mongo_uri, sink_url, port, args)
+    config = proxy_config(mongo_uri, sink_url, port, args, workdir)
     config_path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "enrichproxy", "serve", "--config", str(config_path)]
     proxy = Child("enrichproxy serve", argv, workdir / "enrichproxy.log", cwd=ROOT)
@@ -622,6 +626,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rate", type=float, default=0.0, help="(b) samples/s offered, 0 = as fast as taken"
     )
     parser.add_argument("--concurrency", type=int, default=8, help="(b) requests in flight")
+    parser.add_argument(
+        "--disk-queue",
+        action="store_true",
+        help="(b) run the proxy with a disk queue and an aggregation state file",
+    )
     parser.add_argument(
         "--sample-interval",
         type=duration_arg,
