@@ -166,7 +166,9 @@ def process(
     last = len(requests)
     for number, request in enumerate(requests, 1):
         t0 = clock()
-        decoded = codec.decode_write_request(codec.decompress(request.body))
+        decoded = codec.decode_write_request(
+            codec.decompress(request.body), pipeline.known_label_bytes
+        )
         t1 = clock()
         pipeline.ingest(decoded, request.now_ms)
         t2 = clock()

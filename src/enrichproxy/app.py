@@ -100,7 +100,9 @@ async def handle_write(request: web.Request) -> web.Response:
     telemetry = proxy.telemetry
     telemetry.received_bytes.inc(len(body))
     started = time.perf_counter()
-    decoded = decode_write_request(decompress(body, proxy.config.max_decoded_bytes))
+    decoded = decode_write_request(
+        decompress(body, proxy.config.max_decoded_bytes), proxy.pipeline.known_label_bytes
+    )
     result = proxy.pipeline.ingest(decoded, now_ms())
     telemetry.request_duration.observe(time.perf_counter() - started)
     telemetry.record_ingest(result)

@@ -14,7 +14,7 @@ MetricMetadata{type=1, metric_family_name=2, help=4, unit=5}.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 import cramjam
@@ -36,6 +36,8 @@ _TAG_SAMPLE_VALUE = 0x09  # field 1, I64
 _TAG_SAMPLE_TIMESTAMP = 0x10  # field 2, VARINT
 # Sample field bytes (tag, length) + value (tag, 8 bytes) + timestamp tag + one varint byte.
 _MIN_FAST_SAMPLE_FIELD = 13
+# The same with a 6-byte timestamp varint: every millisecond time from 2004 to 2109.
+_KNOWN_SAMPLE_FIELD = 18
 _UINT64_MASK = (1 << 64) - 1
 
 _unpack_double = struct.Struct("<d").unpack_from
@@ -142,13 +144,21 @@ def _read_tag(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     return _varint(buf, pos, end)
 
 
-def decode_write_request(buf: bytes) -> DecodedRequest:
+def decode_write_request(
+    buf: bytes, known_label_bytes: Container[bytes] | None = None
+) -> DecodedRequest:
     """Walk a ``WriteRequest``; DecodeError on anything that is not one.
 
     The loop handles the shape every known sender produces inline (labels first, then one
     sample holding a value and a timestamp) and hands anything else to the general decoder.
     Timestamps repeat across a request (one scrape, one time), so their varints are decoded
     once per distinct byte string.
+
+    ``known_label_bytes`` holds label fields seen (and decoded) before. A series whose bytes
+    end in one sample with a current-era timestamp is then checked by a single lookup instead
+    of a walk over its labels: if everything before that sample is a known sequence of label
+    fields, the walk would have stopped exactly there, because a walk over the same bytes
+    reads the same fields and the sample's tag is not a label's.
     """
     request = DecodedRequest()
     append = request.series.append
@@ -172,6 +182,28 @@ def decode_write_request(buf: bytes) -> DecodedRequest:
             stop = pos + length
             if stop > end:
                 raise DecodeError("protobuf: timeseries runs past the end of the request")
+            tail = stop - _KNOWN_SAMPLE_FIELD
+            if (
+                known_label_bytes is not None
+                and tail > pos
+                and buf[tail] == _TAG_SAMPLE
+                and buf[tail + 1] == _KNOWN_SAMPLE_FIELD - 2
+                and buf[tail + 2] == _TAG_SAMPLE_VALUE
+                and buf[tail + 11] == _TAG_SAMPLE_TIMESTAMP
+            ):
+                label_bytes = buf[pos:tail]
+                if label_bytes in known_label_bytes:
+                    timestamp_bytes = buf[tail + 12 : stop]
+                    timestamp = timestamps.get(timestamp_bytes)
+                    if timestamp is None:
+                        timestamp = _timestamp(timestamp_bytes)
+                        if timestamp is not None:
+                            timestamps[timestamp_bytes] = timestamp
+                    if timestamp is not None:
+                        value = _unpack_double(buf, tail + 3)[0]
+                        append(RawSeries(label_bytes, [(timestamp, value)]))
+                        pos = stop
+                        continue
             labels_end = pos
             while labels_end < stop and buf[labels_end] == _TAG_LABEL:
                 size = buf[labels_end + 1]

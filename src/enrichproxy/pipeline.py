@@ -14,6 +14,7 @@ Pure: nothing here does I/O or reads a clock; results are returned, never writte
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -142,6 +143,11 @@ class Pipeline:
     def learn_types(self, metadata: list[MetricMetadata]) -> None:
         if metadata and self.types.update(metadata):
             self._forget_plans()
+
+    @property
+    def known_label_bytes(self) -> Container[bytes]:
+        """Label bytes already decoded and planned (see codec.decode_write_request)."""
+        return self._plans
 
     @property
     def cached_series(self) -> int:
