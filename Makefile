@@ -21,9 +21,11 @@ APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 system-deps:
 	@command -v prometheus >/dev/null || { $(APT_INSTALL) prometheus; }
 
+# apache2-utils' htpasswd makes the bcrypt hashes of a Prometheus receiver that demands basic auth.
 test-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
-	  && command -v docker-compose >/dev/null || { $(APT_INSTALL) prometheus docker-compose; }
+	  && command -v docker-compose >/dev/null && command -v htpasswd >/dev/null \
+	  || { $(APT_INSTALL) prometheus docker-compose apache2-utils; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/python -m enrichproxy demo --config conf/enrichproxy.yaml --metadata conf/metadata.yaml

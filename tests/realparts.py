@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -576,11 +577,20 @@ def _http(
     data: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 5.0,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes]:
-    """(status, body) for any HTTP status; OSError only when nothing answered."""
+    """(status, body) for any HTTP status; OSError only when nothing answered.
+
+    ``context`` verifies an https server (e.g. one whose self-signed certificate is its CA).
+    """
     request = urllib.request.Request(url, data=data, headers=dict(headers or {}), method=method)
+    opener = _HTTP
+    if context is not None:
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
     try:
-        with _HTTP.open(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
         with exc:
@@ -640,6 +650,10 @@ class PrometheusProcess(ManagedProcess):
     Ready in ~0.1 s, but a sender's first scrape comes ~5 s after start (2.42's scrape manager
     applies targets on a 5 s ticker), then every ``scrape_interval``; its samples reach a
     receiver ~0.2 s later. Start senders early and give the first ``wait_for`` >= 10 s.
+
+    Behind ``--web.config.file`` (in ``extra_args``) with TLS and basic auth, pass
+    ``client_ssl`` (the URLs become https) and ``client_headers`` (``Authorization``): the
+    readiness poll and the API queries use them.
     """
 
     def __init__(
@@ -652,8 +666,12 @@ class PrometheusProcess(ManagedProcess):
         port: int | None = None,
         binary: str | None = None,
         name: str = "prometheus",
+        client_ssl: ssl.SSLContext | None = None,
+        client_headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(name, workdir / "prometheus.log")
+        self.client_ssl = client_ssl
+        self.client_headers = dict(client_headers or {})
         self.workdir = workdir
         self.config: JSON = dict(config) if config is not None else prometheus_config()
         self.receiver = receiver
@@ -675,7 +693,8 @@ class PrometheusProcess(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{LOCALHOST}:{self.port}"
+        scheme = "http" if self.client_ssl is None else "https"
+        return f"{scheme}://{LOCALHOST}:{self.port}"
 
     @property
     def write_url(self) -> str:
@@ -695,7 +714,13 @@ class PrometheusProcess(ManagedProcess):
     def _ready(self) -> bool:
         self._check_alive()
         try:
-            status, _ = _http("GET", f"{self.url}/-/ready", timeout=1.0)
+            status, _ = _http(
+                "GET",
+                f"{self.url}/-/ready",
+                headers=self.client_headers,
+                timeout=1.0,
+                context=self.client_ssl,
+            )
         except OSError:
             return False
         return status == 200
@@ -735,7 +760,7 @@ class PrometheusProcess(ManagedProcess):
         url = f"{self.url}/api/v1/{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
-        status, body = _http("GET", url)
+        status, body = _http("GET", url, headers=self.client_headers, context=self.client_ssl)
         try:
             payload = json.loads(body)
         except ValueError:
@@ -956,18 +981,31 @@ class ProxyProcess(ManagedProcess):
 
     ``config`` is the YAML document as a dict; ``listen`` is filled in. ``start`` waits for
     ``/-/ready`` (metadata loaded) unless ``wait_ready=False``, then only for ``/-/healthy``.
+
+    With ``tls`` in the config, pass ``client_ssl`` (a context that trusts its certificate):
+    the URLs become https. ``client_headers`` (e.g. ``Authorization``) go with every request.
     """
 
-    def __init__(self, workdir: Path, config: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: Mapping[str, Any],
+        *,
+        client_ssl: ssl.SSLContext | None = None,
+        client_headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__("enrichproxy", workdir / "enrichproxy.log")
         self.workdir = workdir
         self.port = free_port()
         self.config = {**config, "listen": f"{LOCALHOST}:{self.port}"}
         self.config_path = workdir / "enrichproxy.yaml"
+        self.client_ssl = client_ssl
+        self.client_headers = dict(client_headers or {})
 
     @property
     def url(self) -> str:
-        return f"http://{LOCALHOST}:{self.port}"
+        scheme = "http" if self.client_ssl is None else "https"
+        return f"{scheme}://{LOCALHOST}:{self.port}"
 
     @property
     def write_url(self) -> str:
@@ -996,11 +1034,19 @@ class ProxyProcess(ManagedProcess):
             raise
 
     def get(self, path: str) -> tuple[int, str]:
-        status, body = _http("GET", f"{self.url}{path}")
+        status, body = _http(
+            "GET", f"{self.url}{path}", headers=self.client_headers, context=self.client_ssl
+        )
         return status, body.decode(errors="replace")
 
     def post(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, str]:
-        status, content = _http("POST", self.write_url, data=body, headers=headers)
+        status, content = _http(
+            "POST",
+            self.write_url,
+            data=body,
+            headers={**self.client_headers, **headers},
+            context=self.client_ssl,
+        )
         return status, content.decode(errors="replace")
 
     def metric(self, name: str, **labels: str) -> float | None:
@@ -1014,3 +1060,15 @@ class ProxyProcess(ManagedProcess):
                 ):
                     return float(sample.value)
         return None
+
+    def reload(self, config: Mapping[str, Any] | None = None, text: str | None = None) -> None:
+        """SIGHUP, after writing ``config`` (a dict; ``listen`` is kept) or the raw ``text`` to
+        the config file. Returns at once: the reload metrics tell how it went."""
+        if config is not None:
+            self.config = {**config, "listen": self.config["listen"]}
+            write_config(self.config_path, self.config)
+        if text is not None:
+            self.config_path.write_text(text)
+        self._check_alive()
+        assert self.pid is not None
+        os.kill(self.pid, signal.SIGHUP)

@@ -7,6 +7,7 @@ For component tests of the forwarder and the app: fast, and it can play a failin
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -59,15 +60,17 @@ class RecordingSink:
         self.arrived.set()
         return web.Response(status=answer.status, text=answer.body, headers=answer.headers)
 
-    async def start(self) -> None:
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listen on a free port; with ``ssl_context``, over TLS (``url`` is then https)."""
         app = web.Application()
         app.router.add_post("/api/v1/write", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/api/v1/write"
+        scheme = "http" if ssl_context is None else "https"
+        self.url = f"{scheme}://127.0.0.1:{port}/api/v1/write"
 
     async def stop(self) -> None:
         self.hold.set()

@@ -634,3 +634,53 @@ def test_a_key_label_two_rules_remove_is_reported_once() -> None:
         "views[0].keep: keeps 'namespace', which metadata.rules[0] removes (drop_key_labels)",
         "views[0].keep: keeps 'pod', which metadata.rules[0] removes (drop_key_labels)",
     ]
+
+
+# --- remote_write[].views ----------------------------------------------------------------------
+
+TWO_VIEWS = """
+views:
+  - {name: ops, keep: [service]}
+  - {name: business, keep: [tier]}
+"""
+
+
+def test_a_destination_receives_every_view_unless_it_lists_some() -> None:
+    config = parse(
+        TWO_VIEWS
+        + """
+remote_write:
+  - {url: "http://a:9090/api/v1/write"}
+  - {url: "http://b:9090/api/v1/write", views: [business]}
+"""
+    )
+    every, business = config.remote_write
+    assert every.views is None
+    assert every.receives("ops") and every.receives("business")
+    assert business.views == ("business",)
+    assert business.receives("business") and not business.receives("ops")
+
+
+@pytest.mark.parametrize(
+    ("views", "expected"),
+    [
+        ("[business, x]", ["remote_write[0].views[1]: no view named 'x'"]),
+        ("[ops, ops]", ["remote_write[0].views[1]: view 'ops' is listed twice"]),
+        ("[]", ["remote_write[0].views: must be a non-empty list of view names"]),
+        ("ops", ["remote_write[0].views: must be a non-empty list of view names"]),
+        # An invalid item keeps the positions of the others: x is still named at [2].
+        (
+            "[1, ops, x]",
+            [
+                "remote_write[0].views[0]: must be a view name, got int",
+                "remote_write[0].views[2]: no view named 'x'",
+            ],
+        ),
+    ],
+)
+def test_a_destination_views_problem_names_its_path(views: str, expected: list[str]) -> None:
+    text = TWO_VIEWS + f'remote_write: [{{url: "http://a:9090/api/v1/write", views: {views}}}]'
+    found = problems(text)
+    assert len(found) == len(expected), found
+    for problem, start in zip(found, expected, strict=True):
+        assert problem.startswith(start), found

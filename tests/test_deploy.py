@@ -41,8 +41,10 @@ from realparts import (
 from enrichproxy.codec import DecodedRequest, RawSeries, decode_write_request, decompress
 from enrichproxy.config import (
     AggregationConfig,
+    ClientTLSConfig,
     Config,
     EnrichRule,
+    LimitsConfig,
     MetadataConfig,
     RemoteWriteConfig,
     ViewConfig,
@@ -101,7 +103,7 @@ METRIC_NAME_RE = re.compile(r"\benrichproxy_\w+")
 LABEL_VALUES_RE = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$", re.S)
 
 # Config fields that are sections of their own, and keys whose default is not a constant.
-CONFIG_SECTIONS = {"metadata", "views", "aggregation", "remote_write"}
+CONFIG_SECTIONS = {"metadata", "views", "aggregation", "remote_write", "limits"}
 UNCHECKED_DEFAULTS = {
     "metadata.rules[].name",
     "metadata.rules[].database",
@@ -923,6 +925,8 @@ def config_keys() -> list[tuple[str, str | None]]:
         ("views[].", ViewConfig(name="", keep=())),
         ("aggregation.", AggregationConfig()),
         ("remote_write[].", RemoteWriteConfig(url="", name="")),
+        ("remote_write[].tls_config.", ClientTLSConfig()),
+        ("limits.", LimitsConfig()),
     ]
     keys: list[tuple[str, str | None]] = []
     for prefix, instance in sections:

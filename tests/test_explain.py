@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from promtext import decoded_request, format_output
 from realparts import (
@@ -32,6 +33,7 @@ from realparts import (
     post_remote_write,
 )
 from sinks import RecordingSink
+from tlsparts import self_signed_certificate
 
 from enrichproxy import cli
 from enrichproxy.app import create_app
@@ -43,6 +45,7 @@ from enrichproxy.metadata_table import build_table
 from enrichproxy.model import Labels, MetricMetadata, MetricType
 from enrichproxy.pipeline import Pipeline
 from enrichproxy.telemetry import Telemetry
+from enrichproxy.tls import server_context
 from enrichproxy.views import Skip
 
 PODS = [
@@ -673,3 +676,50 @@ def test_the_cli_says_when_the_proxy_is_unreachable(capsys: pytest.CaptureFixtur
     error = capsys.readouterr().err
     assert f"enrichproxy: cannot reach {url}:" in error
     assert "Traceback" not in error
+
+
+@pytest.mark.integration
+async def test_the_cli_speaks_https_and_basic_auth(
+    tmp_path: Path,
+    mongo: MongoServer,
+    mongo_db_name: str,
+    sink: RecordingSink,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    certificate = self_signed_certificate(tmp_path, "proxy")
+    password_file = tmp_path / "password"
+    password_file.write_text("s3cret\n", encoding="utf-8")
+    config = parse_config(
+        {
+            "metadata": {"mongodb_uri": mongo.uri, "database": mongo_db_name},
+            "views": VIEWS,
+            "remote_write": [{"url": sink.url}],
+            "auth": {"basic_auth": {"username": "ops", "password_file": str(password_file)}},
+            "tls": {
+                "cert_file": str(certificate.cert_file),
+                "key_file": str(certificate.key_file),
+            },
+            "shutdown_timeout": "2s",
+        }
+    )
+    assert config.tls is not None
+    runner = web.AppRunner(create_app(config, Telemetry()))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_context(config.tls)).start()
+    url = f"https://127.0.0.1:{port}"
+    selector = 'order_total{pod="checkout-a"}'
+    trusted = ["explain", "--url", url, "--ca-file", str(certificate.cert_file)]
+    try:
+        credentials = ["--username", "ops", "--password-file", str(password_file)]
+        assert await asyncio.to_thread(cli.main, [*trusted, *credentials, selector]) == 0
+        assert "enrichment  (on_conflict: overwrite)" in capsys.readouterr().out
+
+        assert await asyncio.to_thread(cli.main, [*trusted, selector]) == 1
+        assert f"enrichproxy: {url} answered 401" in capsys.readouterr().err
+
+        untrusted = ["explain", "--url", url, *credentials, selector]
+        assert await asyncio.to_thread(cli.main, untrusted) == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+    finally:
+        await runner.cleanup()

@@ -16,6 +16,9 @@ time seen (the watermark) passes its end plus the lateness allowance, or once no
 has arrived for ``idle_flush`` of wall time. A sample for a closed window is late: it is counted
 and left out; for a counter its increase is not lost, the next sample carries it.
 
+A view may cap its groups (``admits``, the cardinality guard): over the cap no new group is
+made, and the input that asked is left out by the caller; existing groups keep every input.
+
 Pure: callers pass ``now_ms`` and receive the output samples; nothing here sends or sleeps.
 """
 
@@ -261,6 +264,20 @@ class ViewAggregator:
         self.out_of_order_samples = 0
         self.forgotten_inputs = 0
         """Inputs forgotten after ``retention``: callers holding InputSeries must drop them."""
+        self.forgotten_groups = 0
+        """Groups forgotten (no input left): room under ``max_series`` for new ones."""
+
+    def admits(self, output_labels: Labels, max_series: int) -> bool:
+        """Whether ``attach`` to the group of ``output_labels`` keeps the view within
+        ``max_series`` groups (0: no cap).
+
+        The cardinality guard: an existing group always admits (its series keep flowing), a new
+        one only while the view has fewer than ``max_series`` groups. A caller that is refused
+        leaves the input out of this view; it must ask again once groups were forgotten
+        (``forgotten_groups`` moved). The cap is the caller's, not a setting, so changing it
+        does not change the aggregation.
+        """
+        return not max_series or len(self.groups) < max_series or output_labels in self.groups
 
     def attach(self, input_key: bytes, output_labels: Labels, is_counter: bool) -> InputSeries:
         """The state of input ``input_key`` in the group of ``output_labels``.
@@ -385,3 +402,4 @@ class ViewAggregator:
         for labels, group in list(self.groups.items()):
             if not group.inputs and not group.departed and not group.emitted_live:
                 del self.groups[labels]
+                self.forgotten_groups += 1

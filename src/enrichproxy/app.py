@@ -1,5 +1,8 @@
 """The aiohttp application: routes, the one error-mapping middleware, background components.
 
+Inside the error middleware, the auth middleware checks credentials (``auth``) first, so a
+request without them costs no body read; it raises, and the error middleware answers.
+
 Each background component is owned by one ``cleanup_ctx`` entry (start, yield, stop). At
 shutdown aiohttp runs them in reverse: the flusher emits every open window and drains the
 queues within ``shutdown_timeout``, then the metadata refresher stops, then the forwarder.
@@ -12,15 +15,26 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from enrichproxy.auth import authenticator_for
 from enrichproxy.codec import decode_write_request, decompress
-from enrichproxy.config import Config
-from enrichproxy.errors import BadQuery, RequestError, Unavailable, UnsupportedMediaType
+from enrichproxy.config import Config, MetadataConfig, load_config
+from enrichproxy.errors import (
+    BadQuery,
+    ConfigError,
+    LimitExceeded,
+    NotReloadable,
+    RequestError,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from enrichproxy.explain import EXPLAIN_PATH, SELECTOR_EXAMPLE, explain, parse_exact_selector
 from enrichproxy.forwarder import Forwarder
 from enrichproxy.metadata_store import (
@@ -31,7 +45,8 @@ from enrichproxy.metadata_store import (
     Source,
     TableUpdate,
 )
-from enrichproxy.pipeline import Pipeline
+from enrichproxy.pipeline import Pipeline, ViewOutput
+from enrichproxy.reload import ReloadPlan, plan_reload
 from enrichproxy.state_store import StateStore
 from enrichproxy.telemetry import EXPOSITION_CONTENT_TYPE, Telemetry
 
@@ -43,6 +58,10 @@ RW2_MESSAGE = "io.prometheus.write.v2.Request"
 # How often complete windows are looked for. Windows are seconds long; this only bounds how
 # much later than necessary a complete window leaves.
 FLUSH_TICK_SECONDS = 0.25
+# Stopping the metadata store: how often to cancel it, and how long to wait after each time. A
+# cancellation normally ends it within milliseconds; see stop_metadata for the exception.
+STORE_STOP_ATTEMPTS = 10
+STORE_STOP_WAIT_SECONDS = 0.5
 
 
 def now_ms() -> int:
@@ -58,6 +77,14 @@ class Proxy:
     telemetry: Telemetry
     forwarder: Forwarder
     store: MetadataStore | None = None
+    config_path: str | None = None
+    """The file a reload reads again; None: this proxy cannot reload."""
+    overrides: Callable[[Config], Config] = field(default=lambda config: config)
+    """What the command line changes in every configuration loaded (``--listen``...)."""
+    metadata_task: asyncio.Task[None] | None = None
+    state_store: StateStore | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by a reload, and by the flusher while it emits: no window leaves mid-reload."""
 
     @property
     def ready(self) -> bool:
@@ -179,12 +206,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response: web.StreamResponse = await handler(request)
     except RequestError as exc:
         log.warning("write refused status=%d reason=%s", exc.status, exc)
-        response = web.Response(status=exc.status, text=f"{exc}\n")
+        if isinstance(exc, LimitExceeded):
+            request.app[PROXY].telemetry.limit_rejections.labels(exc.limit).inc()
+        response = web.Response(status=exc.status, text=f"{exc}\n", headers=exc.headers)
     except Unavailable as exc:
         response = web.Response(
             status=exc.status,
             text=f"{exc.reason}; retry later\n",
             headers={"Retry-After": str(exc.retry_after_seconds)},
+        )
+    except ConfigError as exc:
+        # Only a reload gets here. 500 as Prometheus answers it: the request was fine, the
+        # file is not; the running configuration stays in use.
+        problems = "".join(f"  {problem}\n" for problem in exc.problems)
+        response = web.Response(
+            status=500, text=f"configuration not reloaded, the running one is kept:\n{problems}"
         )
     except web.HTTPException as exc:
         if request.path == WRITE_PATH:
@@ -193,6 +229,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     if request.path == WRITE_PATH:
         request.app[PROXY].telemetry.requests.labels(str(response.status)).inc()
     return response
+
+
+# Open without credentials: health probes and the scrape of our own metrics carry none, and
+# none of them changes anything or shows a secret. Every other path needs them: the write
+# endpoint, /debug/* (it shows enrichment data) and any endpoint that changes the running proxy.
+OPEN_PATHS = frozenset({"/-/healthy", "/-/ready", "/metrics"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With ``auth`` configured, refuses requests without its credentials (Unauthorized, which
+    error_middleware answers 401), before anything else is done for them."""
+    proxy = request.app[PROXY]
+    auth = proxy.config.auth
+    if auth is not None and request.path not in OPEN_PATHS:
+        authenticator = authenticator_for(auth)
+        failure = authenticator.check(request.headers.get("Authorization"))
+        if failure is not None:
+            proxy.telemetry.auth_failures.labels(failure.value).inc()
+            raise Unauthorized(authenticator.challenge)
+    return await handler(request)
 
 
 # --- background components ---------------------------------------------------------------------
@@ -205,11 +262,21 @@ async def forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
     await forwarder.stop()
 
 
-async def metadata_ctx(app: web.Application) -> AsyncIterator[None]:
-    proxy = app[PROXY]
+def start_metadata(
+    proxy: Proxy, spec: MetadataConfig, previous: MetadataStore | None = None
+) -> None:
+    """Run a metadata store for ``spec``; it becomes ``proxy.store``.
+
+    On a reload ``previous`` is the store just stopped: the rules that did not change keep
+    its tables (see MetadataStore.adopt), and the snapshot file is not read, since the
+    tables in memory are newer. Table updates go to whatever ``proxy.pipeline`` is then, so
+    the pipeline must already be the one whose rules are ``spec``'s.
+    """
     telemetry = proxy.telemetry
 
     def on_update(update: TableUpdate) -> None:
+        if proxy.store is not store:
+            return  # from a store a reload replaced that has not stopped yet: its rules differ
         table, rule = update.build.table, update.rule.name
         changed = proxy.pipeline.set_table(table, update.rule_index)
         telemetry.metadata_documents.labels(rule).set(len(table.entries))
@@ -235,17 +302,22 @@ async def metadata_ctx(app: web.Application) -> AsyncIterator[None]:
             )
 
     def on_failure(follower: RuleFollower, exc: MetadataUnavailable) -> None:
+        if proxy.store is not store:
+            return
         telemetry.metadata_reloads.labels(follower.rule.name, "failure").inc()
         state = "keeping the last good table" if follower.table is not None else "not ready"
         log.error("rule=%s metadata unavailable (%s): %s", follower.rule.name, state, exc)
 
     def on_state(follower: RuleFollower) -> None:
+        if proxy.store is not store:
+            return
         for state in FollowState:
             gauge = telemetry.metadata_follow_state.labels(follower.rule.name, state.value)
             gauge.set(state is follower.state)
         log.info("rule=%s metadata %s", follower.rule.name, follower.state.value)
 
-    store = MetadataStore(proxy.config.metadata, on_update, on_failure, on_state)
+    store = MetadataStore(spec, on_update, on_failure, on_state)
+    adopted = store.adopt(previous) if previous is not None else []
     proxy.store = store
 
     def age_of(follower: RuleFollower) -> Callable[[], float]:
@@ -256,13 +328,50 @@ async def metadata_ctx(app: web.Application) -> AsyncIterator[None]:
         telemetry.watch_function(
             telemetry.metadata_age.labels(follower.rule.name), age_of(follower)
         )
-    store.restore_snapshot()
-    task = asyncio.create_task(store.run(), name="metadata")
+    if previous is None:
+        store.restore_snapshot()
+    else:
+        names = {follower.rule.name for follower in store.followers}
+        for follower in previous.followers:
+            if follower.rule.name not in names:
+                telemetry.forget_rule(follower.rule.name, (state.value for state in FollowState))
+        for follower in store.followers:
+            if follower not in adopted:
+                log.info(
+                    "rule=%s is new or changed: not ready until its table is read",
+                    follower.rule.name,
+                )
+    telemetry.ready.set(proxy.ready)
+    proxy.metadata_task = asyncio.create_task(store.run(), name="metadata")
+
+
+async def stop_metadata(proxy: Proxy) -> None:
+    """Stop ``proxy.store``'s task and close it; it stays ``proxy.store`` (for a successor).
+
+    pymongo (4.20) sometimes swallows a cancellation that lands while it sets up a connection
+    and the task carries on; cancelling again ends it. The wait is bounded all the same: a
+    reload holds the flusher, and a shutdown has its deadline.
+    """
+    task, proxy.metadata_task = proxy.metadata_task, None
+    if task is not None:
+        for _ in range(STORE_STOP_ATTEMPTS):
+            task.cancel()
+            done, _pending = await asyncio.wait({task}, timeout=STORE_STOP_WAIT_SECONDS)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                break
+        else:
+            log.error("metadata store did not stop when cancelled; left behind")
+    if proxy.store is not None:
+        await proxy.store.close()
+
+
+async def metadata_ctx(app: web.Application) -> AsyncIterator[None]:
+    proxy = app[PROXY]
+    start_metadata(proxy, proxy.config.metadata)
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await store.close()
+    await stop_metadata(proxy)
 
 
 def restore_state(proxy: Proxy, store: StateStore) -> None:
@@ -278,73 +387,219 @@ def restore_state(proxy: Proxy, store: StateStore) -> None:
             aggregator.mark_emitted(emitted[view.name])
 
 
+def forward(proxy: Proxy, outputs: list[ViewOutput]) -> None:
+    """Queue each view's output for the destinations that receive that view."""
+    proxy.telemetry.record_outputs(outputs)
+    for output in outputs:
+        proxy.forwarder.enqueue(output.samples, output.view)
+    proxy.forwarder.sync()
+
+
+def checkpoint(proxy: Proxy) -> None:
+    """Write the aggregation state (with ``state_path``; a no-op without)."""
+    if proxy.state_store is not None:
+        started = time.perf_counter()
+        proxy.state_store.save(proxy.pipeline.export_state())
+        proxy.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
+
+
 async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     """Emits complete windows every tick; with ``state_path``, also checkpoints the state."""
     proxy = app[PROXY]
     settings = proxy.config.aggregation
     store = StateStore(settings.state_path) if settings.state_path else None
+    proxy.state_store = store
     if store is not None:
         restore_state(proxy, store)
 
     def flush(final: bool) -> None:
         pipeline = proxy.pipeline
         outputs = pipeline.flush(now_ms(), final=final)
-        proxy.telemetry.record_outputs(outputs)
         if store is not None and any(output.samples for output in outputs):
             # Before the samples are queued: after a crash, never emit these windows again.
             store.mark_emitted(pipeline.emitted_windows())
-        for output in outputs:
-            proxy.forwarder.enqueue(output.samples)
-        proxy.forwarder.sync()
+        forward(proxy, outputs)
 
-    def checkpoint() -> None:
-        if store is not None:
-            started = time.perf_counter()
-            store.save(proxy.pipeline.export_state())
-            proxy.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
+    def checkpoint_interval() -> float:
+        return proxy.config.aggregation.checkpoint_interval_ms / 1000  # a reload may change it
 
     async def loop() -> None:
-        next_checkpoint = time.monotonic() + settings.checkpoint_interval_ms / 1000
+        next_checkpoint = time.monotonic() + checkpoint_interval()
         while True:
             await asyncio.sleep(FLUSH_TICK_SECONDS)
-            flush(final=False)
+            async with proxy.reload_lock:
+                flush(final=False)
             if store is not None and time.monotonic() >= next_checkpoint:
-                checkpoint()
-                next_checkpoint = time.monotonic() + settings.checkpoint_interval_ms / 1000
+                checkpoint(proxy)
+                next_checkpoint = time.monotonic() + checkpoint_interval()
 
     task = asyncio.create_task(loop(), name="aggregation-flush")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    if store is not None:
-        # The open windows stay open: the next start continues them from the checkpoint.
-        flush(final=False)
-        checkpoint()
-    else:
-        flush(final=True)
+    async with proxy.reload_lock:  # a reload under way finishes first
+        if store is not None:
+            # The open windows stay open: the next start continues them from the checkpoint.
+            flush(final=False)
+            checkpoint(proxy)
+        else:
+            flush(final=True)
     timeout = proxy.config.shutdown_timeout_ms / 1000
     if not await proxy.forwarder.drain(timeout):
         log.error("shutdown: queues not drained within %.0fs", timeout)
 
 
-def create_app(config: Config, telemetry: Telemetry | None = None) -> web.Application:
-    """The application for ``config``; pass ``telemetry`` to use a registry of your own."""
+# --- configuration reload ----------------------------------------------------------------------
+
+RELOAD_PATH = "/-/reload"
+
+
+async def reload_config(proxy: Proxy) -> ReloadPlan:
+    """Read the configuration file again and apply it; ConfigError keeps the running one.
+
+    One reload at a time. The flusher waits meanwhile (``reload_lock``), so no window leaves
+    while views and destinations are switched. Every outcome is logged and counted.
+    """
+    path = proxy.config_path
+    if path is None:
+        raise NotReloadable(
+            "enrichproxy was started without a configuration file: there is nothing to reload"
+        )
+    async with proxy.reload_lock:
+        try:
+            loaded = proxy.overrides(await asyncio.to_thread(load_config, path))
+        except ConfigError as exc:
+            proxy.telemetry.record_reload(False, time.time())
+            log.error(
+                "configuration %s not reloaded, the running one is kept: %s",
+                path,
+                "; ".join(exc.problems),
+            )
+            raise
+        plan = plan_reload(proxy.config, loaded)
+        for key in plan.restart_needed:
+            log.warning("configuration: %s changed; it applies at the next restart", key)
+        try:
+            await apply_config(proxy, plan)
+        except Exception:
+            proxy.telemetry.record_reload(False, time.time())
+            log.exception("configuration %s only partly applied; reload again to retry", path)
+            raise
+        proxy.telemetry.record_reload(True, time.time())
+        log.info("configuration %s reloaded: %s", path, ", ".join(plan.changed) or "no change")
+        return plan
+
+
+async def apply_config(proxy: Proxy, plan: ReloadPlan) -> None:
+    """Switch ``proxy`` to ``plan.config``; the caller holds ``reload_lock``.
+
+    The order matters. The old metadata store stops before the pipeline is replaced, so no
+    table update for its rules reaches a pipeline with other rules. The last windows of the
+    views that changed are queued for the destinations as they were configured when those
+    windows were aggregated, before the destinations change. Every step compares with what
+    runs, so after a failure half-way the next reload finishes the job.
+    """
+    running, config = proxy.config, plan.config
+    if not plan.changed:
+        return
+    previous_store = proxy.store if plan.metadata_changed else None
+    if previous_store is not None:
+        await stop_metadata(proxy)
+    reconfigured = proxy.pipeline.reconfigure(config, now_ms())
+    proxy.pipeline = reconfigured.pipeline
+    if previous_store is not None:
+        start_metadata(proxy, config.metadata, previous_store)
+    if proxy.state_store is not None:
+        # As in the flusher, before the windows are queued; and a checkpoint of the new views
+        # now, so that a crash does not bring the old definitions back from the last one.
+        proxy.state_store.mark_emitted(proxy.pipeline.emitted_windows())
+        checkpoint(proxy)
+    forward(proxy, reconfigured.outputs)
+    for name in reconfigured.removed:
+        proxy.telemetry.forget_view(name)
+    for what, names in (
+        ("continues with its aggregation state", reconfigured.kept),
+        ("changed: its open windows were emitted and it starts empty", reconfigured.restarted),
+        ("removed: its open windows were emitted", reconfigured.removed),
+        ("added", reconfigured.added),
+    ):
+        for name in names:
+            log.info("view=%s %s", name, what)
+    if plan.remote_write_changed:
+        await proxy.forwarder.reconfigure(config.remote_write, config.shutdown_timeout_ms / 1000)
+    if config.log_level != running.log_level:
+        logging.getLogger().setLevel(config.log_level.upper())
+    proxy.config = config
+
+
+async def handle_reload(request: web.Request) -> web.Response:
+    """``POST /-/reload``: what SIGHUP does, answered 200, or 500 with the file's problems."""
+    plan = await reload_config(request.app[PROXY])
+    text = "configuration reloaded.\n"
+    if plan.restart_needed:
+        text += f"changed, applied at the next restart: {', '.join(plan.restart_needed)}\n"
+    return web.Response(text=text)
+
+
+async def reload_on_sighup(app: web.Application) -> AsyncIterator[None]:
+    """A cleanup_ctx entry for ``serve``: SIGHUP reloads the configuration as /-/reload does.
+
+    Not part of create_app: signals belong to the program, not to an app that a test or an
+    embedding program runs in its own event loop.
+    """
+    proxy = app[PROXY]
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        # reload_config has logged and counted whatever went wrong; nobody awaits an answer.
+        with contextlib.suppress(Exception):
+            await reload_config(proxy)
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload(), name="config-reload")
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)
+    await asyncio.gather(*running)
+
+
+def create_app(
+    config: Config,
+    telemetry: Telemetry | None = None,
+    config_path: str | None = None,
+    overrides: Callable[[Config], Config] | None = None,
+) -> web.Application:
+    """The application for ``config``; pass ``telemetry`` to use a registry of your own.
+
+    With ``config_path``, the file ``config`` came from, ``POST /-/reload`` reads it again;
+    ``overrides`` is applied to every configuration so read, as it was to ``config``.
+    """
     telemetry = telemetry or Telemetry()
     proxy = Proxy(
         config=config,
         pipeline=Pipeline(config),
         telemetry=telemetry,
         forwarder=Forwarder(config.remote_write, telemetry),
+        config_path=config_path,
     )
+    if overrides is not None:
+        proxy.overrides = overrides
+    telemetry.record_config_loaded(time.time())
     # Snappy's worst case: a body can be slightly larger than what it decodes to.
     max_body = config.max_decoded_bytes + config.max_decoded_bytes // 6 + 32
-    app = web.Application(middlewares=[error_middleware], client_max_size=max_body)
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_body)
     app[PROXY] = proxy
     app.router.add_post(WRITE_PATH, handle_write)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/-/healthy", handle_healthy)
     app.router.add_get("/-/ready", handle_ready)
     app.router.add_get(EXPLAIN_PATH, handle_explain)
+    app.router.add_post(RELOAD_PATH, handle_reload)
+    app.router.add_put(RELOAD_PATH, handle_reload)  # Prometheus takes both
     app.cleanup_ctx.extend([forwarder_ctx, metadata_ctx, flusher_ctx])
     return app

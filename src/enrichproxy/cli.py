@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from enrichproxy import __version__
 from enrichproxy.config import Config, load_config
@@ -48,8 +48,14 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str) -> Config | None:
+    """The configuration, or None after printing every problem (TLS files loaded too, so a
+    certificate that ssl cannot use is reported like any other problem)."""
+    from enrichproxy.tls import check_tls
+
     try:
-        return load_config(path)
+        config = load_config(path)
+        check_tls(config)
+        return config
     except ConfigError as exc:
         print(f"enrichproxy: invalid configuration {path}:", file=sys.stderr)
         for problem in exc.problems:
@@ -73,19 +79,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    if args.listen:
-        config = _with_listen(config, args.listen)
-    configure_logging(args.log_level or config.log_level)
+    overrides = _command_line_overrides(args)
+    config = overrides(config)
+    configure_logging(config.log_level)
     from aiohttp import web
 
-    from enrichproxy.app import create_app
+    from enrichproxy.app import create_app, reload_on_sighup
+    from enrichproxy.tls import server_context
 
+    # Loaded once: a reload does not change the listener (checked by _load already).
+    ssl_context = None if config.tls is None else server_context(config.tls)
     host, port = config.listen_host_port
-    log.info("enrichproxy %s listening on %s:%d", __version__, host, port)
+    scheme = "http" if ssl_context is None else "https"
+    log.info("enrichproxy %s listening on %s://%s:%d", __version__, scheme, host, port)
+    # A reload (SIGHUP, POST /-/reload) reads the same file, with the same flags over it.
+    app = create_app(config, config_path=args.config, overrides=overrides)
+    app.cleanup_ctx.append(reload_on_sighup)
     web.run_app(
-        create_app(config),
+        app,
         host=host,
         port=port,
+        ssl_context=ssl_context,
         access_log=None,
         print=None,
         shutdown_timeout=config.shutdown_timeout_ms / 1000,
@@ -97,6 +111,20 @@ def _with_listen(config: Config, listen: str) -> Config:
     from dataclasses import replace
 
     return replace(config, listen=listen)
+
+
+def _command_line_overrides(args: argparse.Namespace) -> Callable[[Config], Config]:
+    """``--listen`` and ``--log-level`` over a configuration, at start and at every reload."""
+    from dataclasses import replace
+
+    def apply(config: Config) -> Config:
+        if args.listen:
+            config = _with_listen(config, args.listen)
+        if args.log_level:
+            config = replace(config, log_level=args.log_level)
+        return config
+
+    return apply
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
@@ -157,10 +185,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     query = urllib.parse.urlencode({"series": args.series})
     url = f"{args.url.rstrip('/')}{EXPLAIN_PATH}?{query}"
-    accept = "application/json" if args.json else "text/plain"
-    request = urllib.request.Request(url, headers={"Accept": accept})
+    headers = {"Accept": "application/json" if args.json else "text/plain"}
     # The proxy is addressed directly: an HTTP proxy from the environment has no business here.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    try:
+        headers.update(_explain_credentials(args))
+        if args.ca_file:
+            import ssl
+
+            context = ssl.create_default_context(cafile=args.ca_file)
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+    except OSError as exc:  # ssl.SSLError too: a CA file that holds no certificate
+        print(f"enrichproxy: cannot use {exc.filename or args.ca_file}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    request = urllib.request.Request(url, headers=headers)
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(request, timeout=args.timeout) as response:
             body = response.read().decode()
@@ -175,6 +214,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     sys.stdout.write(body if body.endswith("\n") else body + "\n")
     return EXIT_OK
+
+
+def _explain_credentials(args: argparse.Namespace) -> dict[str, str]:
+    """The Authorization header for a proxy with ``auth``; secrets come from files (trimmed,
+    as the proxy reads its own), so they never show in ``ps`` or shell history."""
+    from enrichproxy.auth import basic_credentials, bearer_credentials
+
+    if args.bearer_token_file:
+        with open(args.bearer_token_file, encoding="utf-8") as handle:
+            return {"Authorization": bearer_credentials(handle.read().strip())}
+    if args.username:
+        password = ""
+        if args.password_file:
+            with open(args.password_file, encoding="utf-8") as handle:
+                password = handle.read().strip()
+        return {"Authorization": basic_credentials(args.username, password)}
+    return {}
 
 
 def _add_metadata_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -229,6 +285,27 @@ def _add_explain_command(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="the proxy's base URL (env ENRICHPROXY_URL; default %(default)s)",
     )
     explain.add_argument("--json", action="store_true", help="print the JSON answer")
+    explain.add_argument(
+        "--bearer-token-file",
+        default=os.environ.get("ENRICHPROXY_BEARER_TOKEN_FILE"),
+        help="token for a proxy with auth.bearer_token_file (env ENRICHPROXY_BEARER_TOKEN_FILE)",
+    )
+    explain.add_argument(
+        "--username",
+        default=os.environ.get("ENRICHPROXY_USERNAME"),
+        help="user for a proxy with auth.basic_auth (env ENRICHPROXY_USERNAME)",
+    )
+    explain.add_argument(
+        "--password-file",
+        default=os.environ.get("ENRICHPROXY_PASSWORD_FILE"),
+        help="that user's password (env ENRICHPROXY_PASSWORD_FILE)",
+    )
+    explain.add_argument(
+        "--ca-file",
+        default=os.environ.get("ENRICHPROXY_CA_FILE"),
+        help="CA certificates to verify an https proxy with (env ENRICHPROXY_CA_FILE;"
+        " default: the system's)",
+    )
     explain.add_argument(
         "--timeout",
         type=float,

@@ -3,13 +3,18 @@
 Every problem is reported with its YAML path (``views[1].keep[2]: "1bad" is not a valid label
 name``), all of them at once, so ``enrichproxy check`` can list everything wrong in one run.
 Key names are a public contract: keys may be added, never renamed.
+
+The one file access besides the YAML itself: the files that secrets and TLS material are named
+by (``*_file`` keys) are read or opened here, so a missing or unreadable one is a problem with
+its YAML path at start, and ``enrichproxy check`` finds it too. Secrets are held as ``Secret``,
+whose ``repr`` and ``str`` never show them.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -95,6 +100,10 @@ class ViewConfig:
     match: Selector | None = None
     interval_ms: int | None = None
     """Overrides ``aggregation.interval`` for this view."""
+    max_series: int = 0
+    """Cardinality guard: output series this view may have at most (0: no cap). Over it, input
+    series that would make a new output series are left out of the view and counted; the
+    existing output series keep flowing."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,84 @@ class AggregationConfig:
     checkpoint_interval_ms: int = 10_000
     """How often the state is written. What a crash loses since is only the attribution of
     counter increases to windows: the next sample of each counter carries them."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A password or token. Its ``repr`` and ``str`` hide it, so a config object that ends up
+    in a log line, an error or a test failure never shows it; use ``.value`` where it is sent."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    def __str__(self) -> str:
+        return "<redacted>"
+
+
+@dataclass(frozen=True)
+class BasicAuthConfig:
+    username: str
+    password: Secret
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """The credentials every request but ``/-/healthy``, ``/-/ready`` and ``/metrics`` must
+    carry. Exactly one of the two is set."""
+
+    bearer_token: Secret | None = None
+    """From ``bearer_token_file``."""
+    basic_auth: BasicAuthConfig | None = None
+    """From ``basic_auth: {username, password_file}``."""
+
+
+@dataclass(frozen=True)
+class ServerTLSConfig:
+    """The listener's certificate chain and private key (PEM files)."""
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
+class ClientTLSConfig:
+    """How a destination's server is verified and how we present ourselves (Prometheus'
+    ``tls_config`` keys)."""
+
+    ca_file: str | None = None
+    """CA certificates to verify the server with; None: the system's."""
+    cert_file: str | None = None
+    """Client certificate, for servers that demand one (with ``key_file``)."""
+    key_file: str | None = None
+    server_name: str | None = None
+    """Name the server certificate must carry (and SNI); None: the URL's host."""
+    insecure_skip_verify: bool = False
+
+
+# A limit of 0 is no limit. Prometheus' own limits on these (label_limit,
+# label_name_length_limit, label_value_length_limit) also default to none: a proxy that starts
+# refusing data after an upgrade would lose it, so each limit is opt-in.
+NO_LIMIT = 0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Shapes of input a write may have; a request over one is answered 400 and not applied."""
+
+    max_series_per_request: int = NO_LIMIT
+    max_labels_per_series: int = NO_LIMIT
+    max_label_name_length: int = NO_LIMIT
+    """In bytes (UTF-8), as Prometheus counts them."""
+    max_label_value_length: int = NO_LIMIT
+    """In bytes (UTF-8)."""
+
+    @property
+    def checks_labels(self) -> bool:
+        return bool(
+            self.max_labels_per_series or self.max_label_name_length or self.max_label_value_length
+        )
 
 
 @dataclass(frozen=True)
@@ -142,6 +229,16 @@ class RemoteWriteConfig:
     headers: tuple[tuple[str, str], ...] = ()
     queue: QueueConfig | None = None
     """A disk queue; without one, samples wait in memory (``capacity``)."""
+    basic_auth: BasicAuthConfig | None = None
+    bearer_token: Secret | None = None
+    """From ``bearer_token`` or ``bearer_token_file``; at most one of it and ``basic_auth``."""
+    tls_config: ClientTLSConfig | None = None
+    views: tuple[str, ...] | None = None
+    """The views whose output this destination receives; None: every view."""
+
+    def receives(self, view: str) -> bool:
+        """Whether output of ``view`` goes to this destination."""
+        return self.views is None or view in self.views
 
 
 @dataclass(frozen=True)
@@ -154,6 +251,11 @@ class Config:
     aggregation: AggregationConfig = AggregationConfig()
     remote_write: tuple[RemoteWriteConfig, ...] = ()
     shutdown_timeout_ms: int = 30_000
+    auth: AuthConfig | None = None
+    """Credentials inbound requests must carry; None: none (the listener is open)."""
+    tls: ServerTLSConfig | None = None
+    """Serve HTTPS with this certificate; None: plain HTTP."""
+    limits: LimitsConfig = LimitsConfig()
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -253,6 +355,12 @@ def _positive_int(value: Any, _path: str) -> int:
     return value
 
 
+def _non_negative_int(value: Any, _path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be an integer, 0 or more (0: no limit), got {value!r}")
+    return value
+
+
 def _byte_size(value: Any, _path: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
@@ -304,6 +412,10 @@ def _selector(value: Any, _path: str) -> Selector:
 def _url(value: Any, _path: str) -> str:
     text = _string(value, _path)
     parts = urlsplit(text)
+    if parts.username is not None or parts.password is not None:
+        # Not echoed: the URL holds a secret. The default destination name (the URL's netloc)
+        # would also put it into every metric's labels.
+        raise ValueError("credentials in the URL are not allowed: use basic_auth")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{text!r} is not an http(s) URL")
     return text
@@ -478,7 +590,9 @@ def _parse_views(data: Any, problems: _Problems) -> tuple[ViewConfig, ...]:
     seen: set[str] = set()
     for index, item in enumerate(data):
         path = f"views[{index}]"
-        section = _Section(item, path, problems, {"name", "keep", "match", "interval"})
+        section = _Section(
+            item, path, problems, {"name", "keep", "match", "interval", "max_series"}
+        )
         name = section.get("name", "", _label_value_name)
         if not name:
             if "name" not in section.data:
@@ -503,6 +617,7 @@ def _parse_views(data: Any, problems: _Problems) -> tuple[ViewConfig, ...]:
                 keep=keep,
                 match=section.get("match", None, _selector),
                 interval_ms=section.get("interval", None, _positive_duration),
+                max_series=section.get("max_series", 0, _non_negative_int),
             )
         )
     if not data:
@@ -570,6 +685,26 @@ def _parse_queue(data: Any, path: str, problems: _Problems) -> QueueConfig | Non
     )
 
 
+def _view_names(problems: _Problems, value: Any, path: str) -> tuple[str, ...]:
+    """A destination's ``views`` list; that each name is a view is checked once all are read.
+
+    Position for position with the YAML list (an invalid item becomes ``""``, and the whole
+    configuration is refused), so that later check can name each item's path.
+    """
+    if not isinstance(value, list) or not value:
+        problems.add(path, "must be a non-empty list of view names (leave it out for every view)")
+        return ()
+    names: list[str] = []
+    for index, item in enumerate(value):
+        name = item if isinstance(item, str) else ""
+        if not name:
+            problems.add(f"{path}[{index}]", f"must be a view name, got {_kind(item)}")
+        elif name in names:
+            problems.add(f"{path}[{index}]", f"view {name!r} is listed twice")
+        names.append(name)
+    return tuple(names)
+
+
 def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConfig, ...]:
     if data is None:
         problems.add("remote_write", "at least one destination is required")
@@ -588,6 +723,9 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
         "max_backoff",
         "headers",
         "queue",
+        "views",
+        *_CREDENTIAL_KEYS,
+        "tls_config",
     }
     destinations: list[RemoteWriteConfig] = []
     names: set[str] = set()
@@ -601,6 +739,14 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
             problems.add(section.at("name"), f"duplicate destination name {name!r}")
         names.add(name)
         default = RemoteWriteConfig(url=url, name=name)
+        basic_auth, bearer_token = _destination_credentials(section, problems)
+        tls_config = None
+        if section.data.get("tls_config") is not None:
+            tls_config = _parse_client_tls(
+                section.data["tls_config"], section.at("tls_config"), problems
+            )
+            if url.startswith("http://"):
+                problems.add(section.at("tls_config"), "is only used with an https:// url")
         config = RemoteWriteConfig(
             url=url,
             name=name,
@@ -612,6 +758,9 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
             capacity=section.get("capacity", default.capacity, _positive_int),
             min_backoff_ms=section.get("min_backoff", default.min_backoff_ms, _positive_duration),
             max_backoff_ms=section.get("max_backoff", default.max_backoff_ms, _positive_duration),
+            basic_auth=basic_auth,
+            bearer_token=bearer_token,
+            tls_config=tls_config,
             headers=(
                 _parse_headers(section.data["headers"], section.at("headers"), problems)
                 if section.data.get("headers") is not None
@@ -620,6 +769,11 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
             queue=(
                 _parse_queue(section.data["queue"], section.at("queue"), problems)
                 if section.data.get("queue") is not None
+                else None
+            ),
+            views=(
+                _view_names(problems, section.data["views"], section.at("views"))
+                if section.data.get("views") is not None
                 else None
             ),
         )
@@ -638,6 +792,168 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
                     f"is also remote_write[{other}]'s queue: each destination needs its own",
                 )
     return tuple(destinations)
+
+
+# --- access control and limits ------------------------------------------------------------------
+
+
+def _secret_file(value: Any, _path: str) -> Secret:
+    """The secret in the file ``value`` names, without surrounding whitespace (editors end files
+    with a newline; Prometheus trims credential files too). Problems name the file, never what
+    it holds."""
+    file_path = _string(value, _path)
+    try:
+        with open(file_path, encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {file_path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file_path!r} is not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"{file_path!r} is empty")
+    return Secret(text)
+
+
+def _secret_value(value: Any, path: str) -> Secret:
+    return Secret(_string(value, path))  # _string's message names the type, not the value
+
+
+def _readable_file(value: Any, _path: str) -> str:
+    """A file path that can be opened now; its content is checked where it is used (ssl)."""
+    file_path = _string(value, _path)
+    try:
+        with open(file_path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {file_path!r}: {exc.strerror}") from None
+    return file_path
+
+
+def _username(value: Any, path: str) -> str:
+    text = _string(value, path)
+    if ":" in text:
+        raise ValueError("must not contain ':' (basic auth separates user and password by it)")
+    return text
+
+
+def _parse_basic_auth(
+    data: Any, path: str, problems: _Problems, *, inline_password: bool
+) -> BasicAuthConfig | None:
+    """Outbound (``inline_password``) takes ``password`` or ``password_file``, as Prometheus
+    does; inbound only ``password_file``, so the listener's secret never sits in the YAML."""
+    sources = ("password", "password_file") if inline_password else ("password_file",)
+    section = _Section(data, path, problems, {"username", *sources})
+    if "username" not in section.data:
+        problems.add(section.at("username"), "is required")
+    username = section.get("username", "", _username)
+    given = [key for key in sources if section.data.get(key) is not None]
+    if len(given) != 1:
+        problems.add(path, f"give exactly one of {', '.join(sources)}")
+        return None
+    convert = _secret_value if given[0] == "password" else _secret_file
+    password = section.get(given[0], None, convert)
+    if not username or password is None:
+        return None
+    return BasicAuthConfig(username=username, password=password)
+
+
+def _parse_auth(data: Any, problems: _Problems) -> AuthConfig | None:
+    if data is None:
+        return None
+    section = _Section(data, "auth", problems, {"bearer_token_file", "basic_auth"})
+    given = [key for key in ("bearer_token_file", "basic_auth") if section.data.get(key)]
+    if len(given) != 1:
+        problems.add("auth", "give exactly one of bearer_token_file, basic_auth")
+        return None
+    if given[0] == "basic_auth":
+        basic = _parse_basic_auth(
+            section.data["basic_auth"], section.at("basic_auth"), problems, inline_password=False
+        )
+        return None if basic is None else AuthConfig(basic_auth=basic)
+    token = section.get("bearer_token_file", None, _secret_file)
+    return None if token is None else AuthConfig(bearer_token=token)
+
+
+def _parse_server_tls(data: Any, problems: _Problems) -> ServerTLSConfig | None:
+    if data is None:
+        return None
+    section = _Section(data, "tls", problems, {"cert_file", "key_file"})
+    for key in ("cert_file", "key_file"):
+        if key not in section.data:
+            problems.add(section.at(key), "is required")
+    cert_file = section.get("cert_file", "", _readable_file)
+    key_file = section.get("key_file", "", _readable_file)
+    if not cert_file or not key_file:
+        return None
+    return ServerTLSConfig(cert_file=cert_file, key_file=key_file)
+
+
+def _parse_client_tls(data: Any, path: str, problems: _Problems) -> ClientTLSConfig:
+    known = {"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"}
+    section = _Section(data, path, problems, known)
+    if ("cert_file" in section.data) != ("key_file" in section.data):
+        problems.add(path, "give cert_file and key_file together (the client certificate)")
+    default = ClientTLSConfig()
+    return ClientTLSConfig(
+        ca_file=section.get("ca_file", default.ca_file, _readable_file),
+        cert_file=section.get("cert_file", default.cert_file, _readable_file),
+        key_file=section.get("key_file", default.key_file, _readable_file),
+        server_name=section.get("server_name", default.server_name, _string),
+        insecure_skip_verify=section.get(
+            "insecure_skip_verify", default.insecure_skip_verify, _boolean
+        ),
+    )
+
+
+_CREDENTIAL_KEYS = ("basic_auth", "bearer_token", "bearer_token_file")
+
+
+def _destination_credentials(
+    section: _Section, problems: _Problems
+) -> tuple[BasicAuthConfig | None, Secret | None]:
+    """A destination's ``basic_auth`` or bearer token: at most one, and not together with an
+    ``Authorization`` in ``headers`` (which one would be sent is not obvious)."""
+    given = [key for key in _CREDENTIAL_KEYS if section.data.get(key) is not None]
+    if len(given) > 1:
+        problems.add(section.at(given[1]), f"give at most one of {', '.join(_CREDENTIAL_KEYS)}")
+        return None, None
+    headers = section.data.get("headers")
+    if given and isinstance(headers, Mapping):
+        for name in headers:
+            if str(name).lower() == "authorization":
+                problems.add(f"{section.at('headers')}.{name}", f"conflicts with {given[0]}")
+    if not given:
+        return None, None
+    if given[0] == "basic_auth":
+        path = section.at("basic_auth")
+        return _parse_basic_auth(section.data[given[0]], path, problems, inline_password=True), None
+    convert = _secret_value if given[0] == "bearer_token" else _secret_file
+    return None, section.get(given[0], None, convert)
+
+
+def _parse_limits(data: Any, problems: _Problems) -> LimitsConfig:
+    known = {
+        "max_series_per_request",
+        "max_labels_per_series",
+        "max_label_name_length",
+        "max_label_value_length",
+    }
+    section = _Section(data, "limits", problems, known)
+    default = LimitsConfig()
+    return LimitsConfig(
+        max_series_per_request=section.get(
+            "max_series_per_request", default.max_series_per_request, _non_negative_int
+        ),
+        max_labels_per_series=section.get(
+            "max_labels_per_series", default.max_labels_per_series, _non_negative_int
+        ),
+        max_label_name_length=section.get(
+            "max_label_name_length", default.max_label_name_length, _non_negative_int
+        ),
+        max_label_value_length=section.get(
+            "max_label_value_length", default.max_label_value_length, _non_negative_int
+        ),
+    )
 
 
 def _removed_key_labels(metadata: MetadataConfig) -> dict[str, str]:
@@ -677,6 +993,9 @@ def parse_config(data: Any) -> Config:
         "aggregation",
         "remote_write",
         "shutdown_timeout",
+        "auth",
+        "tls",
+        "limits",
     }
     top = _Section(data, "", problems, known)
     default = Config()
@@ -691,12 +1010,20 @@ def parse_config(data: Any) -> Config:
         shutdown_timeout_ms=top.get(
             "shutdown_timeout", default.shutdown_timeout_ms, _positive_duration
         ),
+        auth=_parse_auth(top.data.get("auth"), problems),
+        tls=_parse_server_tls(top.data.get("tls"), problems),
+        limits=_parse_limits(top.data.get("limits"), problems),
     )
     removed = _removed_key_labels(config.metadata)
     for index, view in enumerate(config.views):
         for label in view.keep:
             if label in removed:
                 problems.add(f"views[{index}].keep", f"keeps {label!r}, which {removed[label]}")
+    view_names = {view.name for view in config.views}
+    for index, destination in enumerate(config.remote_write):
+        for position, name in enumerate(destination.views or ()):
+            if name and name not in view_names:
+                problems.add(f"remote_write[{index}].views[{position}]", f"no view named {name!r}")
     if problems.items:
         raise ConfigError(problems.items)
     return config

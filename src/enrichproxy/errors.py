@@ -7,10 +7,13 @@
     │   ├── DecodeError         400: malformed snappy or protobuf
     │   ├── PayloadTooLarge     413: declared or actual size over the limit
     │   ├── UnsupportedMediaType 415: content type or encoding we do not speak
-    │   ├── LimitExceeded       400: a request-shape limit
-    │   └── BadQuery            400: a debug endpoint's query parameter we cannot use
+    │   ├── LimitExceeded       400: a request-shape limit; carries the limit's name
+    │   ├── Unauthorized        401: credentials missing or wrong (never says which part)
+    │   ├── BadQuery            400: a debug endpoint's query parameter we cannot use
+    │   └── NotReloadable       400: POST /-/reload, but there is no configuration file
     ├── Unavailable             503: our own transient problem; the sender must retry
-    └── ConfigError             a bad configuration, with the YAML path of every problem
+    └── ConfigError             a bad configuration, with the YAML path of every problem;
+                                500 when a reload meets it (the running one is kept)
 
 The server maps ``RequestError`` and ``Unavailable`` to answers in one middleware. A transient
 problem of our own is never a 4xx: remote-write senders drop data on 4xx (spec, §2).
@@ -26,6 +29,11 @@ class EnrichproxyError(Exception):
 class RequestError(EnrichproxyError):
     status: int = 400
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the answer must carry besides the status and the message."""
+        return {}
+
 
 class DecodeError(RequestError):
     status = 400
@@ -40,11 +48,39 @@ class UnsupportedMediaType(RequestError):
 
 
 class LimitExceeded(RequestError):
+    """A request over one of the ``limits``: refused whole, so nothing of it is applied."""
+
     status = 400
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(f"limits.{limit} exceeded: {message}")
+        self.limit = limit
+        """The limit's key under ``limits`` (the ``limit`` label of its counter)."""
+
+
+class Unauthorized(RequestError):
+    """Missing or wrong credentials. The message is fixed: a client learns nothing about
+    which part (scheme, user name, password, token) was wrong."""
+
+    status = 401
+
+    def __init__(self, challenge: str) -> None:
+        super().__init__("unauthorized: valid credentials are required")
+        self.challenge = challenge
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.challenge}
 
 
 class BadQuery(RequestError):
     """A missing or unusable query parameter of a read-only endpoint (``/debug/explain``)."""
+
+    status = 400
+
+
+class NotReloadable(RequestError):
+    """A reload was asked of an app created without a configuration file to read again."""
 
     status = 400
 

@@ -198,7 +198,9 @@ def explain(pipeline: Pipeline, labels: Labels) -> Explanation:
     that sends labels sorted (Prometheus does) has them cached.
     """
     input_key = encode_labels(labels)
-    received = input_key in pipeline._plans or any(
+    # The plan cache knows every series received since it last started over (after a type
+    # change, say); an input the aggregators still hold was received before that.
+    received = input_key in pipeline.known_label_bytes or any(
         input_key in aggregator.inputs for aggregator in pipeline.aggregators
     )
     enriched = enrich(labels, pipeline.tables, pipeline.rules, pipeline.on_conflict)
@@ -208,26 +210,25 @@ def explain(pipeline: Pipeline, labels: Labels) -> Explanation:
         else RuleExplanation(rule, pipeline.tables[index], None, None, (), (), (), (), False)
         for index, rule in enumerate(pipeline.rules)
     )
-    if enriched.labels is None:
+
+    def answer(
+        enriched_labels: Labels | None,
+        counter: bool | None,
+        dropped: str | None,
+        views: tuple[ViewExplanation, ...] = (),
+    ) -> Explanation:
         return Explanation(
-            labels, received, pipeline.on_conflict, rules, None, None, DROP_METADATA_MISSING, ()
+            labels, received, pipeline.on_conflict, rules, enriched_labels, counter, dropped, views
         )
+
+    if enriched.labels is None:
+        return answer(None, None, DROP_METADATA_MISSING)
     metric_name = dict(enriched.labels).get(METRIC_NAME_LABEL)
     if not metric_name:
-        return Explanation(
-            labels,
-            received,
-            pipeline.on_conflict,
-            rules,
-            enriched.labels,
-            None,
-            DROP_NO_METRIC_NAME,
-            (),
-        )
+        return answer(enriched.labels, None, DROP_NO_METRIC_NAME)
     views = []
     for view, aggregator in zip(pipeline.views, pipeline.aggregators, strict=True):
         projected = view.project(enriched.labels)
-        skip = projected if isinstance(projected, Skip) else None
         output = None if isinstance(projected, Skip) else projected
         group = None if output is None else aggregator.groups.get(output)
         series = aggregator.inputs.get(input_key)
@@ -235,7 +236,7 @@ def explain(pipeline: Pipeline, labels: Labels) -> Explanation:
         views.append(
             ViewExplanation(
                 view=view,
-                skip=skip,
+                skip=projected if isinstance(projected, Skip) else None,
                 output=output,
                 group=None if group is None else _group_state(group),
                 is_input=output is not None and feeds == output,
@@ -244,20 +245,10 @@ def explain(pipeline: Pipeline, labels: Labels) -> Explanation:
             )
         )
     dropped = None
-    if all(step.skip is not None for step in views):
+    if all(step.skip is not None for step in views):  # the pipeline's drop reasons, in its order
         unsummable = any(step.skip is Skip.UNSUMMABLE for step in views)
         dropped = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
-    counter = pipeline.types.is_counter(metric_name)
-    return Explanation(
-        labels,
-        received,
-        pipeline.on_conflict,
-        rules,
-        enriched.labels,
-        counter,
-        dropped,
-        tuple(views),
-    )
+    return answer(enriched.labels, pipeline.types.is_counter(metric_name), dropped, tuple(views))
 
 
 def _explain_rule(pipeline: Pipeline, labels: Labels, index: int, step: Step) -> RuleExplanation:

@@ -35,18 +35,24 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from enrichproxy import __version__
+from enrichproxy.auth import outbound_authorization
 from enrichproxy.codec import compress, encode_write_request
 from enrichproxy.config import RemoteWriteConfig
 from enrichproxy.disk_queue import Record, ShardQueue
 from enrichproxy.model import OutputSample
 from enrichproxy.telemetry import Telemetry
+from enrichproxy.tls import client_context
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +210,18 @@ class Destination:
         self._give_up_at: float | None = None
         self._idle = asyncio.Event()
         self._update_idle()
-        self._headers = {**dict(config.headers), **REMOTE_WRITE_HEADERS}
+        # Built once; holds the credentials, so it is never logged. The remote-write headers
+        # come last: nothing configured can override them.
+        self._headers = {
+            **dict(config.headers),
+            **outbound_authorization(config.basic_auth, config.bearer_token),
+            **REMOTE_WRITE_HEADERS,
+        }
+        tls = config.tls_config
+        self._ssl: SSLContext | bool = (
+            True if tls is None else client_context(tls, f"remote_write[{self.name}].tls_config")
+        )
+        self._server_hostname = None if tls is None else tls.server_name
         telemetry.queue_capacity.labels(self.name).set(config.capacity)
         telemetry.watch_function(
             telemetry.queue_samples.labels(self.name), lambda: float(self.queued)
@@ -382,7 +399,12 @@ class Destination:
         started = time.perf_counter()
         try:
             async with self._session.post(
-                self.config.url, data=body, headers=self._headers, timeout=timeout
+                self.config.url,
+                data=body,
+                headers=self._headers,
+                timeout=timeout,
+                ssl=self._ssl,
+                server_hostname=self._server_hostname,
             ) as response:
                 detail = ""
                 if response.status >= 300:
@@ -399,7 +421,7 @@ class Destination:
 
 
 class Forwarder:
-    """All destinations; every output sample goes to each of them."""
+    """All destinations; every output sample goes to each that receives its view."""
 
     def __init__(self, configs: Iterable[RemoteWriteConfig], telemetry: Telemetry) -> None:
         self._configs = tuple(configs)
@@ -419,10 +441,58 @@ class Forwarder:
     def full(self) -> bool:
         return any(d.full for d in self.destinations)
 
-    def enqueue(self, samples: list[OutputSample]) -> None:
+    def enqueue(self, samples: list[OutputSample], view: str | None = None) -> None:
+        """Queue ``samples`` of ``view`` for each destination that receives that view (every
+        destination when ``view`` is None)."""
         if samples:
             for destination in self.destinations:
-                destination.enqueue(samples)
+                if view is None or destination.config.receives(view):
+                    destination.enqueue(samples)
+
+    async def reconfigure(self, configs: Iterable[RemoteWriteConfig], drain_timeout: float) -> None:
+        """Switch to ``configs``, keeping every destination whose sending is unchanged.
+
+        A destination (by name) whose settings differ at most in ``views`` keeps its queue and
+        senders and receives the views listed now. Every other one that changed or went away
+        leaves the routing at once, sends what it holds (a memory queue within
+        ``drain_timeout``, what is left then is dropped as at shutdown; a disk queue stays on
+        disk, for the destination that uses its path next) and stops. Only then do the new ones
+        start, so a changed destination never has two senders at once, which would break its
+        series' order and share a disk queue between two writers. The caller must not enqueue
+        meanwhile: a new destination would miss those samples.
+        """
+        if self._session is None:
+            raise RuntimeError("Forwarder.reconfigure before start")
+        self._configs = tuple(configs)
+        current = {destination.name: destination for destination in self.destinations}
+        kept: dict[str, Destination] = {}
+        for config in self._configs:
+            destination = current.get(config.name)
+            if destination is not None and replace(destination.config, views=None) == replace(
+                config, views=None
+            ):
+                destination.config = config
+                kept[config.name] = destination
+        retired = [d for d in self.destinations if d.name not in kept]
+        self.destinations = list(kept.values())
+        drained = await asyncio.gather(*(d.drain(drain_timeout) for d in retired))
+        for destination, done in zip(retired, drained, strict=True):
+            if not done:
+                log.error(
+                    "destination=%s not drained within %.0fs before its reconfiguration",
+                    destination.name,
+                    drain_timeout,
+                )
+            await destination.stop()
+            self._telemetry.forget_destination(destination.name)
+        destinations = []
+        for config in self._configs:
+            destination = kept.get(config.name)
+            if destination is None:
+                destination = Destination(config, self._session, self._telemetry)
+                destination.start()
+            destinations.append(destination)
+        self.destinations = destinations
 
     def sync(self) -> None:
         for destination in self.destinations:

@@ -332,6 +332,36 @@ class MetadataStore:
             await asyncio.to_thread(self.write_snapshot)
         await self.client.close()
 
+    def adopt(self, previous: MetadataStore) -> list[RuleFollower]:
+        """Take over the tables of ``previous`` (closed) for every rule that did not change.
+
+        For a configuration reload, before ``run``: such a rule keeps its table, so the proxy
+        stays ready, and on the same server its change stream resumes after the last change
+        applied, so nothing is read again. A rule that is new or changed (any of its keys)
+        starts without a table, as at start. Returns the followers that took one over.
+        """
+        same_server = previous.spec.mongodb_uri == self.spec.mongodb_uri
+        earlier = {follower.rule: follower for follower in previous.followers}
+        adopted = []
+        for follower in self.followers:
+            old = earlier.get(follower.rule)
+            if old is None or old.table is None:
+                continue
+            follower.builder = old.builder
+            follower.table = old.table
+            follower.source = old.source
+            follower.confirmed_at = old.confirmed_at
+            follower._version = old._version
+            if same_server:
+                follower.resume_token = old.resume_token
+                if previous.spec.watch and self.spec.watch:
+                    # What it learnt: this server has no change streams, so poll straight away.
+                    follower._polling = old._polling
+            adopted.append(follower)
+        # The snapshot may have moved (snapshot_path) and is written only after a change.
+        self.snapshot_due = bool(adopted)
+        return adopted
+
     # --- snapshot ---------------------------------------------------------------------------
 
     def restore_snapshot(self) -> bool:

@@ -23,6 +23,7 @@ from enrichproxy.aggregation_state import StateMismatch, export_state, restore_s
 from enrichproxy.codec import DecodedRequest, decode_labels, encode_labels
 from enrichproxy.config import Config
 from enrichproxy.enrich import Lookup, enrich
+from enrichproxy.limits import check_labels, check_series_count
 from enrichproxy.metadata_table import EMPTY_TABLE, Key, MetadataTable, changed_keys
 from enrichproxy.metric_types import MetricTypes
 from enrichproxy.model import METRIC_NAME_LABEL, MetricMetadata, OutputSample, is_stale_marker
@@ -42,6 +43,9 @@ DROP_IN_NO_VIEW = "in_no_view"
 DROP_FUTURE = "too_far_in_future"
 DROP_NAN = "nan_value"
 DROP_NATIVE_HISTOGRAM = "native_histogram"
+# Also a per-view reason (enrichproxy_view_samples_dropped_total): a view's max_series refused
+# the new output series this input would have made.
+DROP_CARDINALITY_LIMIT = "cardinality_limit"
 
 
 class SeriesPlan(NamedTuple):
@@ -58,6 +62,8 @@ class SeriesPlan(NamedTuple):
     """(rule index, key) of every lookup the plan depends on: when the plan is dropped for one
     of them it is taken out of the others' dependents too, so a later change to a key the series
     no longer looks up does not work it out again."""
+    capped_views: tuple[int, ...] = ()
+    """Indices of the views whose ``max_series`` left the series out (cardinality guard)."""
 
 
 @dataclass
@@ -71,13 +77,28 @@ class IngestResult:
     metadata: int = 0
     exemplars_skipped: int = 0
     view_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(view, reason) → samples a view left out: late or out_of_order."""
+    """(view, reason) → samples a view left out: late, out_of_order or cardinality_limit."""
 
 
 @dataclass
 class ViewOutput:
     view: str
     samples: list[OutputSample]
+
+
+@dataclass
+class Reconfiguration:
+    """What ``Pipeline.reconfigure`` did: the pipeline to use now, and what to forward first."""
+
+    pipeline: Pipeline
+    outputs: list[ViewOutput] = field(default_factory=list)
+    """The last windows of every view that changed or went away."""
+    kept: list[str] = field(default_factory=list)
+    """Views that continue with their aggregation state."""
+    restarted: list[str] = field(default_factory=list)
+    """Views whose definition changed: flushed, then started empty."""
+    removed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
 
 
 class Pipeline:
@@ -107,6 +128,11 @@ class Pipeline:
         self._plans: dict[bytes, SeriesPlan] = {}
         # (rule index, key) → the cached series whose plan depends on that key's entry.
         self._dependents: dict[tuple[int, Key], set[bytes]] = {}
+        self.limits = config.limits
+        self.max_series = tuple(v.max_series for v in config.views)
+        """Per view, its cardinality cap (0: none)."""
+        # Cached series some view's cap left out: worked out again when that view has room.
+        self._capped: set[bytes] = set()
 
     # --- inputs to the cached decisions ---------------------------------------------------------
 
@@ -139,6 +165,22 @@ class Pipeline:
     def _forget_plans(self) -> None:
         self._plans.clear()
         self._dependents.clear()
+        self._capped.clear()
+
+    def _forget_capped_plans(self) -> None:
+        """Work the series some view's cap left out again: that view has room now."""
+        plans, dependents = self._plans, self._dependents
+        for label_bytes in self._capped:
+            plan = plans.pop(label_bytes, None)
+            if plan is None:
+                continue
+            for dependency in plan.dependencies:
+                users = dependents.get(dependency)
+                if users is not None:
+                    users.discard(label_bytes)
+                    if not users:
+                        del dependents[dependency]
+        self._capped.clear()
 
     def learn_types(self, metadata: list[MetricMetadata]) -> None:
         if metadata and self.types.update(metadata):
@@ -159,11 +201,12 @@ class Pipeline:
         """Apply every sample of ``request`` to every view it belongs to.
 
         Every series is resolved before any sample is applied, so a DecodeError for invalid
-        labels leaves no sample of the rejected request applied.
+        labels, or a LimitExceeded, leaves no sample of the rejected request applied.
         """
+        series_list = request.series
+        check_series_count(len(series_list), self.limits)
         result = IngestResult(metadata=len(request.metadata))
         self.learn_types(request.metadata)
-        series_list = request.series
         plans = self._plans
         if len(plans) > MAX_CACHED_SERIES:
             self._forget_plans()
@@ -184,6 +227,11 @@ class Pipeline:
             conflicts += plan.conflicts
             raw_samples = raw.samples
             samples += len(raw_samples)
+            if plan.capped_views:
+                for index in plan.capped_views:
+                    result.view_dropped[self.views[index].name, DROP_CARDINALITY_LIMIT] += len(
+                        raw_samples
+                    )
             inputs = plan.inputs
             if not inputs:
                 dropped[plan.drop_reason] += len(raw_samples)
@@ -221,6 +269,9 @@ class Pipeline:
 
     def _plan(self, label_bytes: bytes) -> SeriesPlan:
         labels = decode_labels(label_bytes)
+        if self.limits.checks_labels:
+            # Before anything is cached: a refused series is checked again when it comes back.
+            check_labels(labels, self.limits)
         enriched = enrich(labels, self.tables, self.rules, self.on_conflict)
         slots = tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps))
         keys = tuple(
@@ -237,17 +288,26 @@ class Pipeline:
         is_counter = self.types.is_counter(metric_name)
         inputs: list[InputSeries] = []
         skips: list[Skip] = []
-        for view, aggregator in zip(self.views, self.aggregators, strict=True):
+        capped: list[int] = []
+        for index, (view, aggregator) in enumerate(zip(self.views, self.aggregators, strict=True)):
             projected = view.project(enriched.labels)
             if isinstance(projected, Skip):
                 skips.append(projected)
+            elif not aggregator.admits(projected, self.max_series[index]):
+                capped.append(index)
             else:
                 inputs.append(aggregator.attach(label_bytes, projected, is_counter))
         drop_reason = ""
         if not inputs:
             unsummable = Skip.UNSUMMABLE in skips
             drop_reason = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
-        plan = SeriesPlan(slots, tuple(inputs), drop_reason, enriched.conflicts, keys)
+            if capped:
+                drop_reason = DROP_CARDINALITY_LIMIT
+        if capped:
+            self._capped.add(label_bytes)
+        plan = SeriesPlan(
+            slots, tuple(inputs), drop_reason, enriched.conflicts, keys, tuple(capped)
+        )
         return self._remember(label_bytes, plan)
 
     def _remember(self, label_bytes: bytes, plan: SeriesPlan) -> SeriesPlan:
@@ -259,14 +319,65 @@ class Pipeline:
     def flush(self, now_ms: int, final: bool = False) -> list[ViewOutput]:
         """Close complete windows (all of them with ``final``) and return their samples."""
         outputs = []
-        forgotten = 0
+        forgotten = groups_forgotten = 0
         for view, aggregator in zip(self.views, self.aggregators, strict=True):
             before = aggregator.forgotten_inputs
+            groups_before = aggregator.forgotten_groups
             outputs.append(ViewOutput(view.name, aggregator.flush(now_ms, final)))
             forgotten += aggregator.forgotten_inputs - before
+            groups_forgotten += aggregator.forgotten_groups - groups_before
         if forgotten:
             self._forget_plans()
+        elif groups_forgotten and self._capped:
+            self._forget_capped_plans()
         return outputs
+
+    # --- a new configuration (reload) ---------------------------------------------------------
+
+    def reconfigure(self, config: Config, now_ms: int) -> Reconfiguration:
+        """A pipeline for ``config`` that continues this one wherever the definitions allow.
+
+        A view whose definition (name, kept labels, match, effective interval) and aggregation
+        settings are unchanged moves over with its aggregation state, so its sums continue with
+        no reset downstream. A view that changed or went away emits every open window now; the
+        caller forwards those outputs before it switches. A changed view then starts empty (a
+        counter view starts again from the inputs' current values, as after a restart without
+        ``state_path``) and never emits a window its predecessor already emitted, which the
+        downstream would refuse. The metric types learnt carry over, and so do the tables of
+        rules that are unchanged (the others stay empty until the metadata store loads them);
+        the series cache starts over, since what it decided may no longer hold.
+
+        The views moved over are shared: this pipeline must not be used afterwards.
+        """
+        successor = Pipeline(config)
+        successor.types = self.types
+        for index, rule in enumerate(successor.rules):
+            if rule in self.rules:
+                successor.tables[index] = self.tables[self.rules.index(rule)]
+        wanted = {view.name: position for position, view in enumerate(successor.views)}
+        aggregators = list(successor.aggregators)
+        result = Reconfiguration(successor)
+        for view, aggregator in zip(self.views, self.aggregators, strict=True):
+            position = wanted.pop(view.name, None)
+            if position is None:
+                result.removed.append(view.name)
+                result.outputs.append(ViewOutput(view.name, aggregator.flush(now_ms, final=True)))
+                continue
+            fresh = aggregators[position]
+            if successor.views[position] == view and fresh.settings == aggregator.settings:
+                aggregators[position] = aggregator
+                result.kept.append(view.name)
+                continue
+            result.restarted.append(view.name)
+            result.outputs.append(ViewOutput(view.name, aggregator.flush(now_ms, final=True)))
+            # Windows count from the epoch, so a real one is positive; before its first
+            # emission closed_window is a large negative sentinel with nothing to protect.
+            if aggregator.closed_window > 0:
+                emitted_through_ms = aggregator.closed_window * aggregator.interval_ms
+                fresh.mark_emitted(emitted_through_ms // fresh.interval_ms)
+        result.added.extend(wanted)
+        successor.aggregators = tuple(aggregators)
+        return result
 
     # --- state that survives restarts ------------------------------------------------------
 

@@ -7,7 +7,7 @@ base units (``_seconds``, ``_bytes``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,6 +37,20 @@ class Telemetry:
             "enrichproxy_requests_total",
             "Remote-write requests received, by HTTP answer.",
             ["code"],
+            registry=r,
+        )
+        # --- access control and limits
+        self.auth_failures = Counter(
+            "enrichproxy_auth_failures_total",
+            "Requests refused with 401, by reason (missing, invalid). The answer itself never "
+            "says which part of the credentials was wrong.",
+            ["reason"],
+            registry=r,
+        )
+        self.limit_rejections = Counter(
+            "enrichproxy_limit_rejections_total",
+            "Remote-write requests refused with 400 for exceeding a limit, by limit.",
+            ["limit"],
             registry=r,
         )
         self.request_duration = Histogram(
@@ -240,6 +254,26 @@ class Telemetry:
             "1 once the metadata table is loaded and writes are accepted.",
             registry=r,
         )
+        # --- configuration (named after Prometheus' own prometheus_config_* metrics)
+        self.config_last_reload_successful = Gauge(
+            "enrichproxy_config_last_reload_successful",
+            "1 when the last attempt to load the configuration file succeeded (at start or "
+            "by a reload), 0 when it failed and the running configuration was kept.",
+            registry=r,
+        )
+        self.config_last_reload_success = Gauge(
+            "enrichproxy_config_last_reload_success_timestamp_seconds",
+            "When the configuration in use was loaded (Unix time).",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "enrichproxy_config_reloads_total",
+            "Configuration reloads (SIGHUP or POST /-/reload), by result (success, failure).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -267,3 +301,43 @@ class Telemetry:
 
     def watch_function(self, gauge: Gauge, function: Callable[[], float]) -> None:
         gauge.set_function(function)
+
+    def record_config_loaded(self, timestamp: float) -> None:
+        """The configuration in use was loaded (at start, or by a successful reload)."""
+        self.config_last_reload_successful.set(1)
+        self.config_last_reload_success.set(timestamp)
+
+    def record_reload(self, success: bool, timestamp: float) -> None:
+        self.config_reloads.labels("success" if success else "failure").inc()
+        if success:
+            self.record_config_loaded(timestamp)
+        else:
+            self.config_last_reload_successful.set(0)
+
+    def forget_view(self, view: str) -> None:
+        """A view was removed by a reload: its gauges would otherwise show their last values
+        for good (counters stay, as Prometheus expects of them)."""
+        for gauge in (
+            self.output_series,
+            self.aggregation_inputs,
+            self.open_windows,
+            self.aggregation_lag,
+        ):
+            gauge.remove(view)
+
+    def forget_destination(self, destination: str) -> None:
+        """A destination was stopped by a reload: its queue gauges read the stopped queue."""
+        for gauge in (self.queue_samples, self.queue_bytes, self.queue_capacity):
+            gauge.remove(destination)
+
+    def forget_rule(self, rule: str, follow_states: Iterable[str]) -> None:
+        """An enrichment rule was removed by a reload: drop its gauges."""
+        for gauge in (
+            self.metadata_documents,
+            self.metadata_last_success,
+            self.metadata_age,
+            self.metadata_stale,
+        ):
+            gauge.remove(rule)
+        for state in follow_states:
+            self.metadata_follow_state.remove(rule, state)
