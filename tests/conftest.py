@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 from realparts import (
     Exporter,
     MissingBinaryError,
@@ -16,6 +18,7 @@ from realparts import (
     PrometheusProcess,
     find_prometheus,
 )
+from sinks import RecordingSink
 
 
 @pytest.fixture(scope="session")
@@ -77,3 +80,21 @@ def exporter() -> Iterator[Exporter]:
     """A started exporter with an empty registry (``.registry``, ``.target``)."""
     with Exporter() as started:
         yield started
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[RecordingSink]:
+    """A started in-process remote-write receiver that records what it accepts."""
+    receiver = RecordingSink()
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[TestClient[Any, Any]]]:
+    """In-process apps started by a test (tests/inprocess.py start_app); closed afterwards."""
+    started: list[TestClient[Any, Any]] = []
+    yield started
+    for client in started:
+        await client.close()

@@ -9,99 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from pymongo import AsyncMongoClient
+from aiohttp.test_utils import TestClient
+from inprocess import HEADERS, config_for, metric, proxy_of, seed, start_app, wait_until, write_body
 from realparts import MongoProcess, MongoServer, free_port
 from sinks import Answer, RecordingSink
 
-from enrichproxy.app import PROXY, Proxy, create_app
-from enrichproxy.codec import compress, encode_labels, encode_write_request
-from enrichproxy.config import Config, parse_config
-from enrichproxy.telemetry import Telemetry
-
-HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
 RULE = "pod_metadata"  # the one rule of the single-rule configuration, named by its collection
-Factory = Callable[[dict[str, Any]], Awaitable[TestClient[Any, Any]]]
-
-
-def config_for(mongo_uri: str, database: str, sink_url: str, **extra: Any) -> Config:
-    document: dict[str, Any] = {
-        "metadata": {
-            "mongodb_uri": mongo_uri,
-            "database": database,
-            "refresh_interval": "200ms",
-            "timeout": "300ms",
-        },
-        "views": [{"name": "ops", "keep": ["service"]}],
-        "aggregation": {"interval": "1s", "lateness": "0s"},
-        "remote_write": [{"url": sink_url, "min_backoff": "10ms", "max_backoff": "50ms"}],
-        "shutdown_timeout": "2s",
-    }
-    for key, value in extra.items():
-        if isinstance(value, dict):
-            document[key] = {**document.get(key, {}), **value}
-        else:
-            document[key] = value
-    return parse_config(document)
-
-
-def write_body(pod: str, samples: list[tuple[int, float]], name: str = "jobs_total") -> bytes:
-    labels = (("__name__", name), ("pod", pod))
-    return compress(encode_write_request([(encode_labels(labels), samples)]))
-
-
-async def seed(uri: str, database: str, documents: list[dict[str, Any]]) -> None:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
-    try:
-        await client[database]["pod_metadata"].insert_many(documents)
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[RecordingSink]:
-    receiver = RecordingSink()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[TestClient[Any, Any]]]:
-    started: list[TestClient[Any, Any]] = []
-    yield started
-    for client in started:
-        await client.close()
-
-
-async def start_app(config: Config, clients: list[TestClient[Any, Any]]) -> TestClient[Any, Any]:
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(config, Telemetry())))
-    await client.start_server()
-    clients.append(client)
-    return client
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)
-
-
-def proxy_of(client: TestClient[Any, Any]) -> Proxy:
-    app = client.app
-    assert app is not None
-    proxy: Proxy = app[PROXY]
-    return proxy
-
-
-def metric(client: TestClient[Any, Any], name: str, **labels: str) -> float | None:
-    value: float | None = proxy_of(client).telemetry.registry.get_sample_value(name, labels)
-    return value
 
 
 async def test_writes_get_503_until_the_metadata_table_is_loaded(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +34,6 @@ from enrichproxy.errors import Unauthorized
 TOKEN = "inbound-token-7f3a"
 PASSWORD = "inbound-password-9c1e"
 REFUSAL = f"{Unauthorized('').args[0]}\n"
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[RecordingSink]:
-    receiver = RecordingSink()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    started: list[Client] = []
-    yield started
-    for client in started:
-        await client.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -486,14 +486,6 @@ def test_the_json_form_has_only_json_values() -> None:
 
 
 # --- over HTTP, in process -----------------------------------------------------------------------
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[RecordingSink]:
-    receiver = RecordingSink()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
 
 
 @pytest.mark.integration

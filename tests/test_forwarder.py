@@ -33,14 +33,6 @@ def _sample(series: int, timestamp: int, value: float = 1.0) -> OutputSample:
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[RecordingSink]:
-    receiver = RecordingSink()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as client:
         yield client

@@ -42,22 +42,6 @@ RULE = "pod_metadata"
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[RecordingSink]:
-    receiver = RecordingSink()
-    await receiver.start()
-    yield receiver
-    await receiver.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    started: list[Client] = []
-    yield started
-    for client in started:
-        await client.close()
-
-
-@pytest.fixture
 def mongo_process(tmp_path: Path) -> Iterator[MongoProcess]:
     process = MongoProcess(tmp_path / "mongo")
     process.start()

@@ -148,19 +148,23 @@ class Pipeline:
         if len(changed) > len(self._plans) // 2:
             self._forget_plans()
             return True
-        plans, dependents = self._plans, self._dependents
         for key in changed:
-            for label_bytes in dependents.pop((rule_index, key), ()):
-                plan = plans.pop(label_bytes, None)
-                if plan is None:
-                    continue
-                for dependency in plan.dependencies:
-                    users = dependents.get(dependency)
-                    if users is not None:
-                        users.discard(label_bytes)
-                        if not users:
-                            del dependents[dependency]
+            for label_bytes in self._dependents.pop((rule_index, key), ()):
+                self._forget_plan(label_bytes)
         return True
+
+    def _forget_plan(self, label_bytes: bytes) -> None:
+        """Drop one cached plan and its entries in the key index."""
+        plan = self._plans.pop(label_bytes, None)
+        if plan is None:
+            return
+        dependents = self._dependents
+        for dependency in plan.dependencies:
+            users = dependents.get(dependency)
+            if users is not None:
+                users.discard(label_bytes)
+                if not users:
+                    del dependents[dependency]
 
     def _forget_plans(self) -> None:
         self._plans.clear()
@@ -169,17 +173,8 @@ class Pipeline:
 
     def _forget_capped_plans(self) -> None:
         """Work the series some view's cap left out again: that view has room now."""
-        plans, dependents = self._plans, self._dependents
         for label_bytes in self._capped:
-            plan = plans.pop(label_bytes, None)
-            if plan is None:
-                continue
-            for dependency in plan.dependencies:
-                users = dependents.get(dependency)
-                if users is not None:
-                    users.discard(label_bytes)
-                    if not users:
-                        del dependents[dependency]
+            self._forget_plan(label_bytes)
         self._capped.clear()
 
     def learn_types(self, metadata: list[MetricMetadata]) -> None:
