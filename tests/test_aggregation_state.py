@@ -121,3 +121,21 @@ def test_a_moved_pod_survives_a_restart_mid_move() -> None:
     restored.restore_state(saved)
     again = [format_output(s) for o in restored.flush(60_000, final=True) for s in o.samples]
     assert sorted(again) == sorted(reference)
+
+
+def test_the_emitted_marker_survives_an_interval_change() -> None:
+    """The marker is kept in milliseconds: a view restarted with a longer interval skips only
+    the time it already wrote, not everything (window numbers would be 15 times too far)."""
+    one_second = make_pipeline(make_config("1s"), DOCUMENTS)
+    one_second.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 5 @99500'), 99_500)
+    one_second.flush(200_000, final=True)
+    marker = one_second.emitted_through_ms()
+    assert marker == {"ops": 100_000, "biz": 100_000}
+    longer = make_pipeline(make_config("15s"), DOCUMENTS)
+    for aggregator in longer.aggregators:
+        aggregator.mark_emitted_through(marker["ops"])
+    longer.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 6 @101000'), 101_000)
+    emitted = [format_output(s) for o in longer.flush(200_000, final=True) for s in o.samples]
+    assert 'x_total{endpoint="/e",service="s1",view="ops"} 6 @105000' in emitted
+    late = longer.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 7 @89000'), 101_000)
+    assert late.view_dropped == {("ops", "late"): 1, ("biz", "late"): 1}

@@ -333,9 +333,10 @@ class ViewAggregator:
         del group.inputs[input_key]
         del self.inputs[input_key]
 
-    def mark_emitted(self, window: int) -> None:
-        """Every window up to ``window`` was emitted already (before a crash, say): never
-        emit those again, whatever state was restored."""
+    def mark_emitted_through(self, timestamp_ms: int) -> None:
+        """Every window ending at or before ``timestamp_ms`` was emitted already (before a
+        crash or a reload, perhaps with another interval): never emit those again."""
+        window = timestamp_ms // self.interval_ms
         if window > self.closed_window:
             self.closed_window = window
             for open_window in [w for w in self.open_groups if w <= window]:

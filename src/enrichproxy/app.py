@@ -6,6 +6,10 @@ request without them costs no body read; it raises, and the error middleware ans
 Each background component is owned by one ``cleanup_ctx`` entry (start, yield, stop). At
 shutdown aiohttp runs them in reverse: the flusher emits every open window and drains the
 queues within ``shutdown_timeout``, then the metadata refresher stops, then the forwarder.
+
+A reload (``SIGHUP`` with ``serve``, or ``POST /-/reload``) swaps the pipeline, the metadata
+store and the changed destinations of the running proxy (``reload_config``), holding
+``Proxy.reload_lock`` so that the flusher emits nothing meanwhile.
 """
 
 from __future__ import annotations
@@ -384,7 +388,7 @@ def restore_state(proxy: Proxy, store: StateStore) -> None:
         log.info("aggregation state restored from %s", store.path)
     for view, aggregator in zip(proxy.pipeline.views, proxy.pipeline.aggregators, strict=True):
         if view.name in emitted:
-            aggregator.mark_emitted(emitted[view.name])
+            aggregator.mark_emitted_through(emitted[view.name])
 
 
 def forward(proxy: Proxy, outputs: list[ViewOutput]) -> None:
@@ -417,7 +421,7 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         outputs = pipeline.flush(now_ms(), final=final)
         if store is not None and any(output.samples for output in outputs):
             # Before the samples are queued: after a crash, never emit these windows again.
-            store.mark_emitted(pipeline.emitted_windows())
+            store.mark_emitted(pipeline.emitted_through_ms())
         forward(proxy, outputs)
 
     def checkpoint_interval() -> float:
@@ -513,7 +517,7 @@ async def apply_config(proxy: Proxy, plan: ReloadPlan) -> None:
     if proxy.state_store is not None:
         # As in the flusher, before the windows are queued; and a checkpoint of the new views
         # now, so that a crash does not bring the old definitions back from the last one.
-        proxy.state_store.mark_emitted(proxy.pipeline.emitted_windows())
+        proxy.state_store.mark_emitted(proxy.pipeline.emitted_through_ms())
         checkpoint(proxy)
     forward(proxy, reconfigured.outputs)
     for name in reconfigured.removed:

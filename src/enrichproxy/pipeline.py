@@ -368,8 +368,7 @@ class Pipeline:
             # Windows count from the epoch, so a real one is positive; before its first
             # emission closed_window is a large negative sentinel with nothing to protect.
             if aggregator.closed_window > 0:
-                emitted_through_ms = aggregator.closed_window * aggregator.interval_ms
-                fresh.mark_emitted(emitted_through_ms // fresh.interval_ms)
+                fresh.mark_emitted_through(aggregator.closed_window * aggregator.interval_ms)
         result.added.extend(wanted)
         successor.aggregators = tuple(aggregators)
         return result
@@ -383,11 +382,13 @@ class Pipeline:
             for view, aggregator in zip(self.views, self.aggregators, strict=True)
         }
 
-    def emitted_windows(self) -> dict[str, int]:
-        """Per view, the last window emitted."""
+    def emitted_through_ms(self) -> dict[str, int]:
+        """Per view that emitted anything, the end (ms) of the last window it emitted: in
+        milliseconds, so it stays right when the view's interval changes."""
         return {
-            view.name: aggregator.closed_window
+            view.name: aggregator.closed_window * aggregator.interval_ms
             for view, aggregator in zip(self.views, self.aggregators, strict=True)
+            if aggregator.closed_window > 0  # windows count from the epoch: real ones are > 0
         }
 
     def restore_state(self, states: dict[str, Any]) -> dict[str, str]:

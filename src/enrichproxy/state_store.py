@@ -2,7 +2,8 @@
 
 * ``<state_path>``: every view's state (aggregation_state), written atomically every
   ``checkpoint_interval`` and at shutdown, read at start.
-* ``<state_path>.emitted``: per view, the last window handed to the forwarder. It is written
+* ``<state_path>.emitted``: per view, the end (ms) of the last window handed to the forwarder
+  (milliseconds, not window numbers, so a changed interval reads it right). It is written
   (fsync) before those windows' samples are queued, at every flush. After a crash the restored
   checkpoint may be older than what was already sent; the marker keeps those windows from being
   emitted a second time with other values, which a downstream Prometheus would refuse (400,
@@ -62,7 +63,8 @@ class StateStore:
         _write_atomically(self.path, json.dumps(states, separators=(",", ":")).encode())
 
     def mark_emitted(self, windows: dict[str, int]) -> None:
-        """Record that these windows were emitted; a no-op when nothing moved."""
+        """Record, per view, the end (ms) of the last window emitted; a no-op when nothing
+        moved."""
         if windows != self._marked:
             _write_atomically(self.marker_path, json.dumps(windows).encode())
             self._marked = dict(windows)
