@@ -22,6 +22,8 @@ from realparts import (
     PrometheusFactory,
     PrometheusProcess,
     ProxyProcess,
+    build_write_request,
+    post_remote_write,
     prometheus_config,
     remote_write_config,
     sample_value,
@@ -247,5 +249,48 @@ def test_one_destination_down_does_not_hold_up_the_other(
         down.wait_for(QUERY, lambda r: bool(r) and sample_value(r[0]) == 5, timeout=30)
         assert_never_decreases(raw_samples(down))
         assert down.rejection_lines() == []
+    finally:
+        proxy.stop()
+
+
+def test_an_acknowledged_write_survives_a_kill_before_any_checkpoint(
+    tmp_path: Path,
+    mongo: MongoServer,
+    seeded: str,
+    prometheus_receiver: PrometheusProcess,
+) -> None:
+    """A gauge sample carries nothing over to the next one: only the input log can bring it
+    back after a SIGKILL that came before any checkpoint."""
+    config = proxy_config(
+        tmp_path,
+        mongo.uri,
+        seeded,
+        [destination(prometheus_receiver.write_url, "sink", tmp_path / "queue")],
+    )
+    config["aggregation"].update({"lateness": "0s", "checkpoint_interval": "1h"})
+    proxy = ProxyProcess(tmp_path / "proxy", config)
+    proxy.start()
+    gauge = "checkout_inflight_requests"
+    now = int(time.time() * 1000) // 1000 * 1000
+    try:
+
+        def write(timestamp: int, value: float) -> None:
+            body = build_write_request(
+                [({"__name__": gauge, "pod": "checkout-a"}, [(timestamp, value)])]
+            )
+            assert post_remote_write(proxy.write_url, body)[0] == 204
+
+        write(now - 2500, 5.0)
+        write(now - 1500, 7.0)  # acknowledged, its window still open
+        proxy.kill()
+        proxy.start()
+        write(now - 500, 9.0)  # moves the watermark: the window of 7 closes
+        query = f'{gauge}{{view="business",service="checkout"}}[10m]'
+        result = prometheus_receiver.wait_for(
+            query, lambda r: bool(r) and len(r[0]["values"]) >= 2, timeout=20
+        )
+        values = {int(float(t) * 1000): float(v) for t, v in result[0]["values"]}
+        assert values[now - 1000] == 7.0  # window (now-2000, now-1000]
+        assert prometheus_receiver.rejection_lines() == []
     finally:
         proxy.stop()

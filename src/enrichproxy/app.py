@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -41,6 +42,7 @@ from enrichproxy.errors import (
 )
 from enrichproxy.explain import EXPLAIN_PATH, SELECTOR_EXAMPLE, explain, parse_exact_selector
 from enrichproxy.forwarder import Forwarder
+from enrichproxy.input_log import InputLog
 from enrichproxy.metadata_store import (
     FollowState,
     MetadataStore,
@@ -87,12 +89,15 @@ class Proxy:
     """What the command line changes in every configuration loaded (``--listen``...)."""
     metadata_task: asyncio.Task[None] | None = None
     state_store: StateStore | None = None
+    input_log: InputLog | None = None
+    replaying: bool = False
+    """The input log of the last run is being applied again: writes wait (503)."""
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held by a reload, and by the flusher while it emits: no window leaves mid-reload."""
 
     @property
     def ready(self) -> bool:
-        return self.store is not None and self.store.loaded
+        return self.store is not None and self.store.loaded and not self.replaying
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -135,8 +140,16 @@ async def handle_write(request: web.Request) -> web.Response:
         decompress(body, proxy.config.max_decoded_bytes), proxy.pipeline.known_label_bytes
     )
     result = proxy.pipeline.ingest(decoded, now_ms())
-    telemetry.request_duration.observe(time.perf_counter() - started)
     telemetry.record_ingest(result)
+    if proxy.input_log is not None:
+        # Acknowledged only once on disk: a crash from here on replays it (input_log.py).
+        number = proxy.input_log.append(body)
+        try:
+            await proxy.input_log.durable(number)
+        except OSError as exc:
+            log.error("input log: write not made durable: %s", exc)
+            raise Unavailable("could not record the write on disk") from None
+    telemetry.request_duration.observe(time.perf_counter() - started)
     return web.Response(status=204)
 
 
@@ -155,9 +168,12 @@ async def handle_healthy(_request: web.Request) -> web.Response:
 async def handle_ready(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
     if not proxy.ready:
-        return web.Response(
-            status=503, text="enrichproxy is not ready: metadata table not loaded.\n"
+        reason = (
+            "replaying the input log of the last run"
+            if proxy.replaying
+            else "metadata table not loaded"
         )
+        return web.Response(status=503, text=f"enrichproxy is not ready: {reason}.\n")
     if proxy.store is not None and proxy.store.stale:
         return web.Response(
             text="enrichproxy is ready, with stale metadata: serving the snapshot file until "
@@ -378,9 +394,10 @@ async def metadata_ctx(app: web.Application) -> AsyncIterator[None]:
     await stop_metadata(proxy)
 
 
-def restore_state(proxy: Proxy, store: StateStore) -> None:
-    """Continue the aggregation saved by the last run (checkpoint plus emitted marker)."""
-    states, emitted = store.load()
+def restore_state(proxy: Proxy, store: StateStore) -> int:
+    """Continue the aggregation saved by the last run (checkpoint plus emitted marker);
+    the first input-log record the checkpoint does not cover."""
+    states, emitted, input_log_next = store.load()
     if states:
         skipped = proxy.pipeline.restore_state(states)
         for name, reason in skipped.items():
@@ -389,6 +406,28 @@ def restore_state(proxy: Proxy, store: StateStore) -> None:
     for view, aggregator in zip(proxy.pipeline.views, proxy.pipeline.aggregators, strict=True):
         if view.name in emitted:
             aggregator.mark_emitted_through(emitted[view.name])
+    return input_log_next
+
+
+async def replay_input_log(proxy: Proxy, input_log: InputLog, first: int) -> None:
+    """Apply the requests acknowledged after the last checkpoint again, once every table is
+    loaded (they need the same joins); writes wait meanwhile."""
+    records = input_log.unapplied(first)
+    if not records:
+        proxy.replaying = False
+        return
+    while proxy.store is None or not proxy.store.loaded:
+        await asyncio.sleep(0.1)
+    applied = 0
+    for record in records:
+        try:
+            decoded = decode_write_request(decompress(record.body, proxy.config.max_decoded_bytes))
+            proxy.pipeline.ingest(decoded, now_ms())
+            applied += 1
+        except RequestError as exc:  # it was accepted once: this cannot happen but must not stop us
+            log.error("input log record %d skipped: %s", record.number, exc)
+    proxy.replaying = False
+    log.info("input log: %d requests acknowledged before the stop applied again", applied)
 
 
 def forward(proxy: Proxy, outputs: list[ViewOutput]) -> None:
@@ -401,9 +440,13 @@ def forward(proxy: Proxy, outputs: list[ViewOutput]) -> None:
 
 def checkpoint(proxy: Proxy) -> None:
     """Write the aggregation state (with ``state_path``; a no-op without)."""
-    if proxy.state_store is not None:
+    # While the last run's log is being applied, a checkpoint would cover records not in yet.
+    if proxy.state_store is not None and not proxy.replaying:
         started = time.perf_counter()
-        proxy.state_store.save(proxy.pipeline.export_state())
+        covered = proxy.input_log.next_number if proxy.input_log is not None else 0
+        proxy.state_store.save(proxy.pipeline.export_state(), covered)
+        if proxy.input_log is not None:
+            proxy.input_log.covered_by_checkpoint(covered)
         proxy.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
 
 
@@ -413,8 +456,17 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = proxy.config.aggregation
     store = StateStore(settings.state_path) if settings.state_path else None
     proxy.state_store = store
+    input_log: InputLog | None = None
+    replay: asyncio.Task[None] | None = None
     if store is not None:
-        restore_state(proxy, store)
+        first_unapplied = restore_state(proxy, store)
+        input_log = InputLog(Path(f"{store.path}.wal"))
+        input_log.start()
+        proxy.input_log = input_log
+        proxy.replaying = True
+        replay = asyncio.create_task(
+            replay_input_log(proxy, input_log, first_unapplied), name="input-log-replay"
+        )
 
     def flush(final: bool) -> None:
         pipeline = proxy.pipeline
@@ -431,6 +483,8 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         next_checkpoint = time.monotonic() + checkpoint_interval()
         while True:
             await asyncio.sleep(FLUSH_TICK_SECONDS)
+            if proxy.replaying:
+                continue  # no window closes and no checkpoint covers the log before it is in
             async with proxy.reload_lock:
                 flush(final=False)
             if store is not None and time.monotonic() >= next_checkpoint:
@@ -442,13 +496,19 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if replay is not None and not replay.done():
+        replay.cancel()  # the log stays: the next start replays it
+        with contextlib.suppress(asyncio.CancelledError):
+            await replay
     async with proxy.reload_lock:  # a reload under way finishes first
-        if store is not None:
+        if store is not None and not proxy.replaying:
             # The open windows stay open: the next start continues them from the checkpoint.
             flush(final=False)
             checkpoint(proxy)
-        else:
+        elif store is None:
             flush(final=True)
+    if input_log is not None:
+        await input_log.stop()
     timeout = proxy.config.shutdown_timeout_ms / 1000
     if not await proxy.forwarder.drain(timeout):
         log.error("shutdown: queues not drained within %.0fs", timeout)

@@ -67,7 +67,7 @@ class ShardQueue:
         """Records not yet acknowledged, oldest first (positions only: bodies stay on disk)."""
         self.samples = 0
         """Samples in records not yet acknowledged."""
-        self.dirty = False
+        self._dirty_paths: set[Path] = set()
         self._open_segments()
 
     # --- startup ----------------------------------------------------------------------------
@@ -143,19 +143,21 @@ class ShardQueue:
         segment.size += _HEADER.size + len(body)
         self._pending.append(entry)
         self.samples += samples
-        self.dirty = True
+        self._dirty_paths.add(segment.path)
+
+    def take_unsynced(self) -> list[Path]:
+        """Segments appended to since the last call; hand them to ``fsync_paths``.
+
+        Split from the fsync itself so the fsync can run in a worker thread while this
+        queue goes on taking appends (which the next call then reports).
+        """
+        paths = sorted(self._dirty_paths)
+        self._dirty_paths.clear()
+        return paths
 
     def sync(self) -> None:
-        """fsync what was appended since the last sync (the newest segment and the folder)."""
-        if not self.dirty or not self._segments:
-            return
-        fd = os.open(self._segments[-1].path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_directory(self.directory)
-        self.dirty = False
+        """fsync what was appended since the last sync, in this thread."""
+        fsync_paths(self.take_unsynced(), self.directory)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -186,6 +188,28 @@ class ShardQueue:
                 break  # keep the segment being written to
             self._segments.popleft().path.unlink()
 
+    def ack_through(self, number: int) -> None:
+        """Every record numbered below ``number`` was dealt with (a checkpoint covers it)."""
+        while self._pending and self._pending[0].number < number:
+            self.samples -= self._pending.popleft().samples
+        if number <= self._next_ack:
+            return
+        self._next_ack = number
+        _write_atomically(self.directory / "ack", str(self._next_ack).encode())
+        while len(self._segments) > 1 and (
+            self._segments[0].first + self._segments[0].count <= self._next_ack
+        ):
+            self._segments.popleft().path.unlink()
+
+    def unacknowledged(self) -> list[Record]:
+        """Every record not acknowledged yet, oldest first, read from disk."""
+        records = []
+        for entry in self._pending:
+            with entry.path.open("rb") as handle:
+                handle.seek(entry.offset)
+                records.append(Record(entry.number, handle.read(entry.length), entry.samples))
+        return records
+
     def drop_oldest(self) -> int:
         """Give up on the oldest segment to make room; the samples it held (0 if none)."""
         if len(self._segments) < 2:
@@ -200,6 +224,22 @@ class ShardQueue:
         _write_atomically(self.directory / "ack", str(self._next_ack).encode())
         segment.path.unlink()
         return dropped
+
+
+def fsync_paths(paths: list[Path], directory: Path) -> None:
+    """fsync files (appended to earlier) and their folder (new files); safe in any thread."""
+    if not paths:
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # acknowledged and deleted meanwhile
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _fsync_directory(directory)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -40,11 +40,16 @@ class StateStore:
         self.marker_path = self.path.with_name(f"{self.path.name}.emitted")
         self._marked: dict[str, int] = {}
 
-    def load(self) -> tuple[dict[str, Any], dict[str, int]]:
-        """(view states, emitted-through windows); empty when there is nothing usable."""
+    def load(self) -> tuple[dict[str, Any], dict[str, int], int]:
+        """(view states, emitted-through ms per view, first input-log record not covered);
+        empty and 0 when there is nothing usable."""
         states: dict[str, Any] = {}
+        input_log_next = 0
         try:
-            states = json.loads(self.path.read_bytes())
+            saved = json.loads(self.path.read_bytes())
+            if isinstance(saved, dict):
+                states = saved.get("views", {})
+                input_log_next = int(saved.get("input_log_next", 0))
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as exc:
@@ -57,10 +62,12 @@ class StateStore:
             pass
         except (OSError, ValueError) as exc:
             log.error("emitted marker %s unreadable, ignored: %s", self.marker_path, exc)
-        return (states if isinstance(states, dict) else {}), dict(self._marked)
+        return (states if isinstance(states, dict) else {}), dict(self._marked), input_log_next
 
-    def save(self, states: dict[str, Any]) -> None:
-        _write_atomically(self.path, json.dumps(states, separators=(",", ":")).encode())
+    def save(self, states: dict[str, Any], input_log_next: int) -> None:
+        """Write the views' states, covering every input-log record below ``input_log_next``."""
+        document = {"views": states, "input_log_next": input_log_next}
+        _write_atomically(self.path, json.dumps(document, separators=(",", ":")).encode())
 
     def mark_emitted(self, windows: dict[str, int]) -> None:
         """Record, per view, the end (ms) of the last window emitted; a no-op when nothing
