@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from enrichproxy.config import EnrichRule
-from enrichproxy.metadata_store import SNAPSHOT_FORMAT, read_snapshot, snapshot_document
+from enrichproxy.config import EnrichRule, MetadataConfig
+from enrichproxy.metadata_store import (
+    SNAPSHOT_FORMAT,
+    MetadataStore,
+    read_snapshot,
+    snapshot_document,
+)
 from enrichproxy.metadata_table import MetadataTable
 
 PODS = EnrichRule(
@@ -129,3 +135,15 @@ def test_another_format_version_is_refused() -> None:
     document = saved()
     document["format"] = SNAPSHOT_FORMAT + "0"
     assert read_snapshot(document, RULES) is None
+
+
+async def test_a_malformed_snapshot_is_ignored_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps({"format": SNAPSHOT_FORMAT, "rules": [{"entries": 5}]}))
+    spec = MetadataConfig(snapshot_path=str(path), mongodb_uri="mongodb://127.0.0.1:9/")
+    store = MetadataStore(spec, lambda update: None, lambda follower, exc: None)
+    try:
+        assert store.restore_snapshot() is False
+        assert not store.loaded
+    finally:
+        await store.close()

@@ -225,7 +225,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response: web.StreamResponse = await handler(request)
     except RequestError as exc:
-        log.warning("write refused status=%d reason=%s", exc.status, exc)
+        log.warning("request refused path=%s status=%d reason=%s", request.path, exc.status, exc)
         if isinstance(exc, LimitExceeded):
             request.app[PROXY].telemetry.limit_rejections.labels(exc.limit).inc()
         response = web.Response(status=exc.status, text=f"{exc}\n", headers=exc.headers)
@@ -458,6 +458,11 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     proxy.state_store = store
     input_log: InputLog | None = None
     replay: asyncio.Task[None] | None = None
+    if store is None and any(d.queue is not None for d in proxy.config.remote_write):
+        log.warning(
+            "remote_write has a disk queue but aggregation.state_path is not set: a crash "
+            "loses the aggregation state and what was acknowledged since the last flush"
+        )
     if store is not None:
         first_unapplied = restore_state(proxy, store)
         input_log = InputLog(Path(f"{store.path}.wal"))

@@ -38,7 +38,13 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from enrichproxy.config import EnrichRule, MetadataConfig
 from enrichproxy.errors import EnrichproxyError
-from enrichproxy.metadata_table import MetadataTable, Rejection, TableBuild, TableBuilder
+from enrichproxy.metadata_table import (
+    DUPLICATE_KEY,
+    MetadataTable,
+    Rejection,
+    TableBuild,
+    TableBuilder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +262,10 @@ class RuleFollower:
     ) -> None:
         self._version += 1
         build = self.builder.build(self._version, self.confirmed_at)
+        if not full_read:
+            # Duplicate keys are found over the whole table: report them once per full read,
+            # not again with every change batch.
+            build.rejections = [r for r in build.rejections if r.reason != DUPLICATE_KEY]
         build.rejections[:0] = rejections
         for rejection in build.rejections[:MAX_LOGGED_REJECTIONS]:
             log.warning(
@@ -377,7 +387,11 @@ class MetadataStore:
         except (OSError, ValueError) as exc:
             log.error("metadata snapshot %s unreadable, ignored: %s", path, exc)
             return False
-        tables = read_snapshot(document, [f.rule for f in self.followers])
+        try:
+            tables = read_snapshot(document, [f.rule for f in self.followers])
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            log.error("metadata snapshot %s malformed, ignored: %s", path, exc)
+            return False
         if tables is None:
             log.warning("metadata snapshot %s does not match the configured rules, ignored", path)
             return False
