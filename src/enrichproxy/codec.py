@@ -182,36 +182,28 @@ def decode_write_request(
             stop = pos + length
             if stop > end:
                 raise DecodeError("protobuf: timeseries runs past the end of the request")
+            label_bytes = None
             tail = stop - _KNOWN_SAMPLE_FIELD
             if (
                 known_label_bytes is not None
                 and tail > pos
                 and buf[tail] == _TAG_SAMPLE
                 and buf[tail + 1] == _KNOWN_SAMPLE_FIELD - 2
-                and buf[tail + 2] == _TAG_SAMPLE_VALUE
-                and buf[tail + 11] == _TAG_SAMPLE_TIMESTAMP
             ):
                 label_bytes = buf[pos:tail]
                 if label_bytes in known_label_bytes:
-                    timestamp_bytes = buf[tail + 12 : stop]
-                    timestamp = timestamps.get(timestamp_bytes)
-                    if timestamp is None:
-                        timestamp = _timestamp(timestamp_bytes)
-                        if timestamp is not None:
-                            timestamps[timestamp_bytes] = timestamp
-                    if timestamp is not None:
-                        value = _unpack_double(buf, tail + 3)[0]
-                        append(RawSeries(label_bytes, [(timestamp, value)]))
-                        pos = stop
-                        continue
-            labels_end = pos
-            while labels_end < stop and buf[labels_end] == _TAG_LABEL:
-                size = buf[labels_end + 1]
-                if size < 0x80:
-                    labels_end += 2 + size
+                    labels_end = tail
                 else:
-                    size, labels_end = _varint(buf, labels_end + 1, stop)
-                    labels_end += size
+                    label_bytes = None
+            if label_bytes is None:
+                labels_end = pos
+                while labels_end < stop and buf[labels_end] == _TAG_LABEL:
+                    size = buf[labels_end + 1]
+                    if size < 0x80:
+                        labels_end += 2 + size
+                    else:
+                        size, labels_end = _varint(buf, labels_end + 1, stop)
+                        labels_end += size
             # The sample must hold at least its value field, the timestamp tag and one varint
             # byte: proto3 senders leave out a zero timestamp or value.
             if (
@@ -230,7 +222,9 @@ def decode_write_request(
                         timestamps[timestamp_bytes] = timestamp
                 if timestamp is not None:
                     value = _unpack_double(buf, labels_end + 3)[0]
-                    append(RawSeries(buf[pos:labels_end], [(timestamp, value)]))
+                    if label_bytes is None:
+                        label_bytes = buf[pos:labels_end]
+                    append(RawSeries(label_bytes, [(timestamp, value)]))
                     pos = stop
                     continue
             append(_decode_series(buf, pos, stop, request))
