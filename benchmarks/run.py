@@ -19,8 +19,8 @@ Run with ``.venv/bin/python benchmarks/run.py`` (``make bench``); ``--help`` lis
     ready, so (a) always works.
 
 Everything listens on 127.0.0.1 on ports picked at run time; every subprocess is stopped
-before exit, bounded in time. Figures are for comparison with docs/performance.md, which
-measured the same workload shape.
+before exit, bounded in time. benchmarks/README.md records the figures measured here and
+the peers' figures for the same workload shape.
 """
 
 from __future__ import annotations

@@ -139,3 +139,24 @@ def test_the_emitted_marker_survives_an_interval_change() -> None:
     assert 'x_total{endpoint="/e",service="s1",view="ops"} 6 @105000' in emitted
     late = longer.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 7 @89000'), 101_000)
     assert late.view_dropped == {("ops", "late"): 1, ("biz", "late"): 1}
+
+
+def test_a_view_whose_labels_changed_starts_empty() -> None:
+    flow = make_pipeline(make_config(), DOCUMENTS)
+    flow.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 5 @1000'), 1000)
+    saved = json.loads(json.dumps(flow.export_state()))
+    changed = parse_config(
+        {
+            "metadata": {"fields": ["service", "tier"]},
+            "views": [
+                {"name": "ops", "keep": ["service"]},  # endpoint no longer kept
+                {"name": "biz", "keep": ["tier"]},
+            ],
+            "aggregation": {"interval": "10s"},
+            "remote_write": [{"url": "http://127.0.0.1:9/api/v1/write"}],
+        }
+    )
+    restored = make_pipeline(changed, DOCUMENTS)
+    assert restored.restore_state(saved) == {"ops": "its keep labels or match selector changed"}
+    assert not restored.aggregators[0].groups
+    assert restored.aggregators[1].groups

@@ -129,6 +129,8 @@ async def handle_write(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
     check_media_type(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
     if not proxy.ready:
+        if proxy.replaying:
+            raise Unavailable("replaying the input log of the last run", retry_after_seconds=2)
         raise Unavailable("metadata table not loaded yet", retry_after_seconds=5)
     if proxy.forwarder.full:
         raise Unavailable("forwarding queue full", retry_after_seconds=2)
@@ -245,6 +247,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if request.path == WRITE_PATH:
             request.app[PROXY].telemetry.requests.labels(str(exc.status)).inc()
+        raise
+    except Exception:
+        # A bug of ours: aiohttp answers 500 (which senders retry); count it, log it there.
+        if request.path == WRITE_PATH:
+            request.app[PROXY].telemetry.requests.labels("500").inc()
         raise
     if request.path == WRITE_PATH:
         request.app[PROXY].telemetry.requests.labels(str(response.status)).inc()
@@ -415,6 +422,7 @@ async def replay_input_log(proxy: Proxy, input_log: InputLog, first: int) -> Non
     records = input_log.unapplied(first)
     if not records:
         proxy.replaying = False
+        proxy.telemetry.ready.set(proxy.ready)
         return
     while proxy.store is None or not proxy.store.loaded:
         await asyncio.sleep(0.1)
@@ -427,6 +435,7 @@ async def replay_input_log(proxy: Proxy, input_log: InputLog, first: int) -> Non
         except RequestError as exc:  # it was accepted once: this cannot happen but must not stop us
             log.error("input log record %d skipped: %s", record.number, exc)
     proxy.replaying = False
+    proxy.telemetry.ready.set(proxy.ready)
     log.info("input log: %d requests acknowledged before the stop applied again", applied)
 
 

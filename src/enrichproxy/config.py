@@ -337,6 +337,8 @@ def _boolean(value: Any, _path: str) -> bool:
 
 
 def _duration(value: Any, _path: str) -> int:
+    if value == 0 and not isinstance(value, bool):
+        return 0  # a bare 0, as Prometheus accepts it
     if not isinstance(value, str):
         raise ValueError(f"must be a duration string such as 15s, got {value!r}")
     return parse_duration_ms(value)

@@ -67,6 +67,9 @@ class ShardQueue:
         """Records not yet acknowledged, oldest first (positions only: bodies stay on disk)."""
         self.samples = 0
         """Samples in records not yet acknowledged."""
+        self.size_bytes = 0
+        """Bytes of the records not yet acknowledged (what a full queue is measured by;
+        acknowledged records can linger in the segment still being written to)."""
         self._dirty_paths: set[Path] = set()
         self._open_segments()
 
@@ -93,8 +96,7 @@ class ShardQueue:
             self._segments.append(segment)
             for record in records:
                 if record.number >= self._next_ack:
-                    self._pending.append(record)
-                    self.samples += record.samples
+                    self._push_pending(record)
 
     @staticmethod
     def _scan(path: Path, first: int) -> tuple[list[_Entry], int]:
@@ -120,10 +122,6 @@ class ShardQueue:
             return last.first + last.count
         return self._next_ack
 
-    @property
-    def size_bytes(self) -> int:
-        return sum(segment.size for segment in self._segments)
-
     def append(self, body: bytes, samples: int) -> None:
         segment = self._segments[-1] if self._segments else None
         if segment is None or segment.size >= SEGMENT_BYTES:
@@ -141,9 +139,19 @@ class ShardQueue:
         )
         segment.count += 1
         segment.size += _HEADER.size + len(body)
-        self._pending.append(entry)
-        self.samples += samples
+        self._push_pending(entry)
         self._dirty_paths.add(segment.path)
+
+    def _push_pending(self, entry: _Entry) -> None:
+        self._pending.append(entry)
+        self.samples += entry.samples
+        self.size_bytes += _HEADER.size + entry.length
+
+    def _pop_pending(self) -> _Entry:
+        entry = self._pending.popleft()
+        self.samples -= entry.samples
+        self.size_bytes -= _HEADER.size + entry.length
+        return entry
 
     def take_unsynced(self) -> list[Path]:
         """Segments appended to since the last call; hand them to ``fsync_paths``.
@@ -176,28 +184,25 @@ class ShardQueue:
 
     def ack(self, record: Record) -> None:
         """``record`` (the one ``peek`` gave) was accepted: never send it again."""
-        head = self._pending.popleft()
+        head = self._pop_pending()
         assert head.number == record.number, "records are acknowledged in order"
-        self.samples -= record.samples
-        self._next_ack = record.number + 1
-        _write_atomically(self.directory / "ack", str(self._next_ack).encode())
-        while (
-            self._segments and self._segments[0].first + self._segments[0].count <= self._next_ack
-        ):
-            if len(self._segments) == 1 and not self._pending:
-                break  # keep the segment being written to
-            self._segments.popleft().path.unlink()
+        self._acknowledge_below(record.number + 1)
 
     def ack_through(self, number: int) -> None:
         """Every record numbered below ``number`` was dealt with (a checkpoint covers it)."""
         while self._pending and self._pending[0].number < number:
-            self.samples -= self._pending.popleft().samples
+            self._pop_pending()
+        self._acknowledge_below(number)
+
+    def _acknowledge_below(self, number: int) -> None:
+        """Persist the acknowledgement point; delete segments entirely below it, except the
+        one being written to."""
         if number <= self._next_ack:
             return
         self._next_ack = number
-        _write_atomically(self.directory / "ack", str(self._next_ack).encode())
+        _write_atomically(self.directory / "ack", str(number).encode())
         while len(self._segments) > 1 and (
-            self._segments[0].first + self._segments[0].count <= self._next_ack
+            self._segments[0].first + self._segments[0].count <= number
         ):
             self._segments.popleft().path.unlink()
 
@@ -211,18 +216,18 @@ class ShardQueue:
         return records
 
     def drop_oldest(self) -> int:
-        """Give up on the oldest segment to make room; the samples it held (0 if none)."""
-        if len(self._segments) < 2:
+        """Give up the oldest records to make room: what is left of the oldest segment, or
+        the older half when only one segment is left. The samples they held (0 if none)."""
+        if not self._pending:
             return 0
-        segment = self._segments.popleft()
-        end = segment.first + segment.count
+        if len(self._segments) > 1:
+            end = self._segments[0].first + self._segments[0].count
+        else:
+            end = self._pending[0].number + max(1, len(self._pending) // 2)
         dropped = 0
         while self._pending and self._pending[0].number < end:
-            dropped += self._pending.popleft().samples
-        self.samples -= dropped
-        self._next_ack = max(self._next_ack, end)
-        _write_atomically(self.directory / "ack", str(self._next_ack).encode())
-        segment.path.unlink()
+            dropped += self._pop_pending().samples
+        self._acknowledge_below(end)
         return dropped
 
 

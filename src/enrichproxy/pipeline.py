@@ -376,9 +376,10 @@ class Pipeline:
     # --- state that survives restarts ------------------------------------------------------
 
     def export_state(self) -> dict[str, Any]:
-        """Every view's aggregation state, keyed by view name (see aggregation_state)."""
+        """Every view's aggregation state, keyed by view name (see aggregation_state), with
+        the view's definition: a view whose labels or selector changed must not continue."""
         return {
-            view.name: export_state(aggregator)
+            view.name: {**export_state(aggregator), "definition": _definition(view)}
             for view, aggregator in zip(self.views, self.aggregators, strict=True)
         }
 
@@ -402,9 +403,20 @@ class Pipeline:
             if state is None:
                 skipped[view.name] = "no saved state"
                 continue
+            if state.get("definition", _definition(view)) != _definition(view):
+                skipped[view.name] = "its keep labels or match selector changed"
+                continue
             try:
                 restore_state(aggregator, state)
             except StateMismatch as exc:
                 skipped[view.name] = str(exc)
         self._forget_plans()
         return skipped
+
+
+def _definition(view: View) -> dict[str, Any]:
+    """What a view's output series depend on, besides the aggregation settings."""
+    return {
+        "keep": sorted(view.keep),
+        "match": view.match.text if view.match is not None else None,
+    }
