@@ -223,6 +223,9 @@ class Destination:
         )
         self._server_hostname = None if tls is None else tls.server_name
         telemetry.queue_capacity.labels(self.name).set(config.capacity)
+        telemetry.queue_capacity_bytes.labels(self.name).set(
+            0 if queue is None else queue.max_bytes
+        )
         telemetry.watch_function(
             telemetry.queue_samples.labels(self.name), lambda: float(self.queued)
         )

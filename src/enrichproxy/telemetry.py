@@ -249,6 +249,12 @@ class Telemetry:
             ["destination"],
             registry=r,
         )
+        self.queue_capacity_bytes = Gauge(
+            "enrichproxy_queue_capacity_bytes",
+            "max_bytes of a destination's disk queue; 0 for a memory queue.",
+            ["destination"],
+            registry=r,
+        )
         self.ready = Gauge(
             "enrichproxy_ready",
             "1 once the metadata table is loaded and writes are accepted.",
@@ -327,7 +333,12 @@ class Telemetry:
 
     def forget_destination(self, destination: str) -> None:
         """A destination was stopped by a reload: its queue gauges read the stopped queue."""
-        for gauge in (self.queue_samples, self.queue_bytes, self.queue_capacity):
+        for gauge in (
+            self.queue_samples,
+            self.queue_bytes,
+            self.queue_capacity,
+            self.queue_capacity_bytes,
+        ):
             gauge.remove(destination)
 
     def forget_rule(self, rule: str, follow_states: Iterable[str]) -> None:
