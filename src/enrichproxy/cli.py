@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from enrichproxy import __version__
 from enrichproxy.config import Config, load_config
@@ -20,12 +21,30 @@ from enrichproxy.errors import ConfigError, EnrichproxyError
 
 log = logging.getLogger("enrichproxy")
 
+# How long SIGTERM waits for requests under way before the queues are drained.
+REQUEST_GRACE_SECONDS = 5.0
+
 EXIT_OK = 0
 EXIT_CONFIG = 1
 EXIT_FAILED = 1
 """The command did not do all it was asked: documents rejected, MongoDB or the proxy unreachable."""
 # How long ``explain`` waits for the proxy; it answers from memory, so this only bounds a hang.
 EXPLAIN_TIMEOUT_SECONDS = 10.0
+
+
+def _env_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    help_text: str,
+    default: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """A flag that also reads ``ENRICHPROXY_<FLAG>`` from the environment, so a container
+    can be configured without a command line."""
+    env = "ENRICHPROXY_" + flag.lstrip("-").upper().replace("-", "_")
+    parser.add_argument(
+        flag, default=os.environ.get(env, default), help=f"{help_text} (env {env})", **kwargs
+    )
 
 
 def configure_logging(level: str) -> None:
@@ -40,10 +59,11 @@ def configure_logging(level: str) -> None:
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    _env_option(
+        parser,
         "--config",
-        default=os.environ.get("ENRICHPROXY_CONFIG", "conf/enrichproxy.yaml"),
-        help="YAML configuration file (env ENRICHPROXY_CONFIG; default %(default)s)",
+        "YAML configuration file (default %(default)s)",
+        default="conf/enrichproxy.yaml",
     )
 
 
@@ -102,7 +122,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_context=ssl_context,
         access_log=None,
         print=None,
-        shutdown_timeout=config.shutdown_timeout_ms / 1000,
+        # For requests under way: a write takes milliseconds. The drain of the queues has its
+        # own deadline (shutdown_timeout); both together must fit the orchestrator's grace.
+        shutdown_timeout=min(REQUEST_GRACE_SECONDS, config.shutdown_timeout_ms / 1000),
     )
     return EXIT_OK
 
@@ -240,11 +262,10 @@ def _add_metadata_commands(commands: argparse._SubParsersAction[argparse.Argumen
     actions = metadata.add_subparsers(dest="metadata_command", required=True)
 
     def rule_argument(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
+        _env_option(
+            parser,
             "--rule",
-            default=os.environ.get("ENRICHPROXY_RULE"),
-            help="the enrichment rule whose collection to use (env ENRICHPROXY_RULE;"
-            " default: the first rule)",
+            "the enrichment rule whose collection to use (default: the first rule)",
         )
 
     importer = actions.add_parser(
@@ -279,32 +300,20 @@ def _add_explain_command(commands: argparse._SubParsersAction[argparse.ArgumentP
     explain.add_argument(
         "series", help='the series\' exact labels, e.g. order_total{pod="checkout-1",job="app"}'
     )
-    explain.add_argument(
+    _env_option(
+        explain,
         "--url",
-        default=os.environ.get("ENRICHPROXY_URL", "http://127.0.0.1:9201"),
-        help="the proxy's base URL (env ENRICHPROXY_URL; default %(default)s)",
+        "the proxy's base URL (default %(default)s)",
+        default="http://127.0.0.1:9201",
     )
     explain.add_argument("--json", action="store_true", help="print the JSON answer")
-    explain.add_argument(
-        "--bearer-token-file",
-        default=os.environ.get("ENRICHPROXY_BEARER_TOKEN_FILE"),
-        help="token for a proxy with auth.bearer_token_file (env ENRICHPROXY_BEARER_TOKEN_FILE)",
-    )
-    explain.add_argument(
-        "--username",
-        default=os.environ.get("ENRICHPROXY_USERNAME"),
-        help="user for a proxy with auth.basic_auth (env ENRICHPROXY_USERNAME)",
-    )
-    explain.add_argument(
-        "--password-file",
-        default=os.environ.get("ENRICHPROXY_PASSWORD_FILE"),
-        help="that user's password (env ENRICHPROXY_PASSWORD_FILE)",
-    )
-    explain.add_argument(
+    _env_option(explain, "--bearer-token-file", "token for a proxy with auth.bearer_token_file")
+    _env_option(explain, "--username", "user for a proxy with auth.basic_auth")
+    _env_option(explain, "--password-file", "that user's password")
+    _env_option(
+        explain,
         "--ca-file",
-        default=os.environ.get("ENRICHPROXY_CA_FILE"),
-        help="CA certificates to verify an https proxy with (env ENRICHPROXY_CA_FILE;"
-        " default: the system's)",
+        "CA certificates to verify an https proxy with (default: the system's)",
     )
     explain.add_argument(
         "--timeout",
@@ -326,16 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy")
     _config_argument(serve)
-    serve.add_argument(
-        "--listen",
-        default=os.environ.get("ENRICHPROXY_LISTEN"),
-        help="host:port, overrides the config's listen (env ENRICHPROXY_LISTEN)",
-    )
-    serve.add_argument(
+    _env_option(serve, "--listen", "host:port, overrides the config's listen")
+    _env_option(
+        serve,
         "--log-level",
-        default=os.environ.get("ENRICHPROXY_LOG_LEVEL"),
+        "overrides the config's log_level",
         choices=["debug", "info", "warning", "error"],
-        help="overrides the config's log_level (env ENRICHPROXY_LOG_LEVEL)",
     )
     serve.set_defaults(func=cmd_serve)
 
