@@ -388,7 +388,7 @@ def _label_field(name: str, value: str) -> bytes:
 
 
 def _field(tag: int, payload: bytes) -> bytes:
-    return bytes([tag]) + codec._encode_varint(len(payload)) + payload
+    return bytes([tag]) + codec.encode_varint(len(payload)) + payload
 
 
 def test_labels_after_samples_are_found() -> None:
@@ -703,7 +703,7 @@ def test_snappy_declaring_more_than_the_limit_is_refused_before_decompressing(
         raise AssertionError("decompressed an oversized body")
 
     monkeypatch.setattr(cramjam.snappy, "decompress_raw", never)
-    over_default = codec._encode_varint(codec.DEFAULT_MAX_DECODED_BYTES + 1) + b"\x00" * 10
+    over_default = codec.encode_varint(codec.DEFAULT_MAX_DECODED_BYTES + 1) + b"\x00" * 10
     with pytest.raises(PayloadTooLarge, match=str(codec.DEFAULT_MAX_DECODED_BYTES + 1)):
         codec.decompress(over_default)
     with pytest.raises(PayloadTooLarge):

@@ -27,14 +27,14 @@ from enrichproxy.model import Labels, MetricMetadata, MetricType
 DEFAULT_MAX_DECODED_BYTES = 32 * 1024 * 1024
 
 _WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
-_TAG_TIMESERIES = 0x0A  # field 1, LEN
+TAG_TIMESERIES = 0x0A  # field 1, LEN
 _TAG_METADATA = 0x1A  # field 3, LEN
 _TAG_LABEL = 0x0A  # field 1, LEN
-_TAG_SAMPLE = 0x12  # field 2, LEN
+TAG_SAMPLE = 0x12  # field 2, LEN
 _TAG_EXEMPLAR = 0x1A  # field 3, LEN
 _TAG_HISTOGRAM = 0x22  # field 4, LEN
-_TAG_SAMPLE_VALUE = 0x09  # field 1, I64
-_TAG_SAMPLE_TIMESTAMP = 0x10  # field 2, VARINT
+TAG_SAMPLE_VALUE = 0x09  # field 1, I64
+TAG_SAMPLE_TIMESTAMP = 0x10  # field 2, VARINT
 # Sample field bytes (tag, length) + value (tag, 8 bytes) + timestamp tag + one varint byte.
 _MIN_FAST_SAMPLE_FIELD = 13
 # The same with a 6-byte timestamp varint: every millisecond time from 2004 to 2109.
@@ -169,7 +169,7 @@ def decode_write_request(
     try:
         while pos < end:
             tag = buf[pos]
-            if tag != _TAG_TIMESERIES:
+            if tag != TAG_TIMESERIES:
                 pos = _decode_other_field(buf, pos, end, request)
                 continue
             length = buf[pos + 1]
@@ -188,7 +188,7 @@ def decode_write_request(
             if (
                 known_label_bytes is not None
                 and tail > pos
-                and buf[tail] == _TAG_SAMPLE
+                and buf[tail] == TAG_SAMPLE
                 and buf[tail + 1] == _KNOWN_SAMPLE_FIELD - 2
             ):
                 label_bytes = buf[pos:tail]
@@ -209,11 +209,11 @@ def decode_write_request(
             # byte: proto3 senders leave out a zero timestamp or value.
             if (
                 labels_end < stop
-                and buf[labels_end] == _TAG_SAMPLE
+                and buf[labels_end] == TAG_SAMPLE
                 and labels_end + 2 + buf[labels_end + 1] == stop
                 and stop - labels_end >= _MIN_FAST_SAMPLE_FIELD
-                and buf[labels_end + 2] == _TAG_SAMPLE_VALUE
-                and buf[labels_end + 11] == _TAG_SAMPLE_TIMESTAMP
+                and buf[labels_end + 2] == TAG_SAMPLE_VALUE
+                and buf[labels_end + 11] == TAG_SAMPLE_TIMESTAMP
             ):
                 timestamp_bytes = buf[labels_end + 12 : stop]
                 timestamp = timestamps.get(timestamp_bytes)
@@ -282,7 +282,7 @@ def _decode_series(buf: bytes, pos: int, end: int, request: DecodedRequest) -> R
     samples: list[RawSample] = []
     while pos < end:
         tag, pos = _read_tag(buf, pos, end)
-        if tag == _TAG_SAMPLE:
+        if tag == TAG_SAMPLE:
             length = buf[pos]
             if length < 0x80:
                 pos += 1
@@ -310,7 +310,7 @@ def _decode_series(buf: bytes, pos: int, end: int, request: DecodedRequest) -> R
 
 def _decode_sample(buf: bytes, pos: int, end: int) -> RawSample:
     # Fast path: value then timestamp, as every known sender writes them.
-    if end - pos >= 10 and buf[pos] == _TAG_SAMPLE_VALUE and buf[pos + 9] == _TAG_SAMPLE_TIMESTAMP:
+    if end - pos >= 10 and buf[pos] == TAG_SAMPLE_VALUE and buf[pos + 9] == TAG_SAMPLE_TIMESTAMP:
         value = _unpack_double(buf, pos + 1)[0]
         timestamp, after = _varint(buf, pos + 10, end)
         if after == end:
@@ -319,12 +319,12 @@ def _decode_sample(buf: bytes, pos: int, end: int) -> RawSample:
     timestamp = 0
     while pos < end:
         tag, pos = _read_tag(buf, pos, end)
-        if tag == _TAG_SAMPLE_VALUE:
+        if tag == TAG_SAMPLE_VALUE:
             if pos + 8 > end:
                 raise DecodeError("protobuf: truncated sample value")
             value = _unpack_double(buf, pos)[0]
             pos += 8
-        elif tag == _TAG_SAMPLE_TIMESTAMP:
+        elif tag == TAG_SAMPLE_TIMESTAMP:
             timestamp, pos = _varint(buf, pos, end)
         else:
             pos = _skip_field(buf, pos, end, tag)
@@ -401,7 +401,7 @@ def _decode_metadata(buf: bytes, pos: int, end: int) -> MetricMetadata:
 # --- protobuf encoding --------------------------------------------------------------------------
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
     if value < 0:
         value += 1 << 64
     if value < 0x80:
@@ -415,7 +415,7 @@ def _encode_varint(value: int) -> bytes:
 
 
 def _encode_len_field(tag: int, payload: bytes) -> bytes:
-    return b"".join((bytes((tag,)), _encode_varint(len(payload)), payload))
+    return b"".join((bytes((tag,)), encode_varint(len(payload)), payload))
 
 
 def encode_labels(labels: Labels) -> bytes:
@@ -433,10 +433,10 @@ def encode_sample(timestamp_ms: int, value: float) -> bytes:
     """One Sample message (without its tag); the value's bits are kept, stale markers included."""
     return b"".join(
         (
-            bytes((_TAG_SAMPLE_VALUE,)),
+            bytes((TAG_SAMPLE_VALUE,)),
             _pack_double(value),
-            bytes((_TAG_SAMPLE_TIMESTAMP,)),
-            _encode_varint(timestamp_ms),
+            bytes((TAG_SAMPLE_TIMESTAMP,)),
+            encode_varint(timestamp_ms),
         )
     )
 
@@ -450,10 +450,10 @@ def encode_write_request(
     for label_bytes, samples in series:
         body = [label_bytes]
         for timestamp_ms, value in samples:
-            body.append(_encode_len_field(_TAG_SAMPLE, encode_sample(timestamp_ms, value)))
-        parts.append(_encode_len_field(_TAG_TIMESERIES, b"".join(body)))
+            body.append(_encode_len_field(TAG_SAMPLE, encode_sample(timestamp_ms, value)))
+        parts.append(_encode_len_field(TAG_TIMESERIES, b"".join(body)))
     for item in metadata:
-        fields = [b"\x08" + _encode_varint(int(item.type))] if item.type else []
+        fields = [b"\x08" + encode_varint(int(item.type))] if item.type else []
         fields.append(_encode_len_field(0x12, item.family.encode()))
         if item.help:
             fields.append(_encode_len_field(0x22, item.help.encode()))

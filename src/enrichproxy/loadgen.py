@@ -42,7 +42,15 @@ from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.errors import PyMongoError
 
 from enrichproxy import __version__
-from enrichproxy.codec import compress, encode_labels
+from enrichproxy.codec import (
+    TAG_SAMPLE,
+    TAG_SAMPLE_TIMESTAMP,
+    TAG_SAMPLE_VALUE,
+    TAG_TIMESERIES,
+    compress,
+    encode_labels,
+    encode_varint,
+)
 from enrichproxy.durations import format_duration_ms, parse_duration_ms
 from enrichproxy.model import METRIC_NAME_LABEL, STALE_NAN, Labels
 
@@ -435,28 +443,14 @@ def batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample]
         yield batcher.take()
 
 
-def _encode_varint(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64  # int64 on the wire: two's complement in ten bytes
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 _pack_double = struct.Struct("<d").pack
-_TAG_TIMESERIES = 0x0A
-_TAG_SAMPLE = 0x12
-_TAG_SAMPLE_VALUE = 0x09
-_TAG_SAMPLE_TIMESTAMP = 0x10
 
 
 class RequestEncoder:
     """Samples → WriteRequest bytes, byte for byte what ``codec.encode_write_request`` writes.
 
-    Written here rather than calling the codec because the load generator must outrun the proxy
+    Built from the codec's pieces rather than calling ``encode_write_request``, because the load
+    generator must outrun the proxy
     it measures: each series' label bytes and TimeSeries header are encoded once and kept, so a
     sample costs a few byte joins. The cache holds every series ever seen; a fleet's label sets
     are bounded (churn adds ``SERIES_PER_POD`` per replaced pod).
@@ -477,9 +471,9 @@ class RequestEncoder:
         for labels, timestamp_ms, value in samples:
             if timestamp_ms != last_timestamp:
                 last_timestamp = timestamp_ms
-                timestamp_field = bytes((_TAG_SAMPLE_TIMESTAMP,)) + _encode_varint(timestamp_ms)
+                timestamp_field = bytes((TAG_SAMPLE_TIMESTAMP,)) + encode_varint(timestamp_ms)
                 sample_length = 9 + len(timestamp_field)  # value tag + double + timestamp field
-                sample_head = bytes((_TAG_SAMPLE, sample_length, _TAG_SAMPLE_VALUE))
+                sample_head = bytes((TAG_SAMPLE, sample_length, TAG_SAMPLE_VALUE))
                 sample_field_length = 2 + sample_length
             cached = prefixes.get(labels)
             if cached is None or cached[0] != sample_field_length:
@@ -498,8 +492,8 @@ class RequestEncoder:
     @staticmethod
     def _prefix(labels: Labels, sample_field_length: int) -> bytes:
         label_bytes = encode_labels(labels)
-        length = _encode_varint(len(label_bytes) + sample_field_length)
-        return bytes((_TAG_TIMESERIES,)) + length + label_bytes
+        length = encode_varint(len(label_bytes) + sample_field_length)
+        return bytes((TAG_TIMESERIES,)) + length + label_bytes
 
 
 # --- pacing and reporting -----------------------------------------------------------------------
