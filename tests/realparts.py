@@ -152,10 +152,13 @@ class ManagedProcess:
     in teardown. The object can be started again after either.
     """
 
-    def __init__(self, name: str, log_path: Path) -> None:
+    def __init__(self, name: str, log_path: Path, port: int | None = None) -> None:
         self.name = name
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        self._port = port
+        self._port_fixed = port is not None
+        self.starts = 0
 
     @property
     def pid(self) -> int | None:
@@ -256,6 +259,34 @@ class ManagedProcess:
 
     def start(self, timeout: float = 20.0) -> None:
         raise NotImplementedError
+
+    def _start_on_free_port(
+        self, argv: Callable[[int], Sequence[str]], cwd: Path, wait: Callable[[], None]
+    ) -> int:
+        """Spawn ``argv(port)`` and ``wait``; the port. ``port`` None picks a free one, and a
+        first start whose picked port got taken meanwhile is tried again on another."""
+        port = self._fixed_port
+        for attempt in range(3):
+            chosen = port if port is not None else free_port()
+            self._spawn(argv(chosen), cwd=cwd)
+            try:
+                wait()
+            except RuntimeError:
+                self._reap()
+                in_use = "address already in use" in _tail(self.log_path, 2000).lower()
+                if port is not None or not in_use or attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                self.stop()
+                raise
+            return chosen
+        raise AssertionError("unreachable")
+
+    @property
+    def _fixed_port(self) -> int | None:
+        """The port this start must use: the one given, or the first start's for a restart."""
+        return self._port if self._port_fixed or self.starts else None
 
     def __enter__(self) -> Self:
         self.start()
@@ -388,15 +419,12 @@ class MongoProcess(ManagedProcess):
     def __init__(
         self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()
     ) -> None:
-        super().__init__("secantusd", workdir / "secantusd.log")
+        super().__init__("secantusd", workdir / "secantusd.log", port)
         self.extra_args = tuple(extra_args)
         """More daemon flags, e.g. ``--standalone`` (no change streams, like a real standalone)."""
         self.workdir = workdir
         self.storage_path = workdir / "data"
         self.config_path = workdir / "secantusd.toml"
-        self._port = port
-        self._port_fixed = port is not None
-        self.starts = 0
 
     @property
     def port(self) -> int:
@@ -414,40 +442,29 @@ class MongoProcess(ManagedProcess):
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.touch()
-        for attempt in range(3):
-            if self._port is None:
-                self._port = free_port()
-            self._spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "secantus",
-                    "--config",
-                    str(self.config_path),
-                    "--host",
-                    LOCALHOST,
-                    "--port",
-                    str(self._port),
-                    "--storage-path",
-                    str(self.storage_path),
-                    *self.extra_args,
-                ],
-                cwd=self.workdir,
-            )
-            try:
-                wait_for_mongo(self.uri, timeout, alive=self._check_alive)
-            except RuntimeError:
-                self._reap()
-                in_use = "address already in use" in _tail(self.log_path, 2000).lower()
-                if self._port_fixed or self.starts or not in_use or attempt == 2:
-                    raise
-                self._port = None
-                continue
-            except BaseException:
-                self.stop()
-                raise
-            self.starts += 1
-            return
+
+        def argv(port: int) -> list[str]:
+            self._port = port  # uri reads it
+            return [
+                sys.executable,
+                "-m",
+                "secantus",
+                "--config",
+                str(self.config_path),
+                "--host",
+                LOCALHOST,
+                "--port",
+                str(port),
+                "--storage-path",
+                str(self.storage_path),
+                *self.extra_args,
+            ]
+
+        def wait() -> None:
+            wait_for_mongo(self.uri, timeout, alive=self._check_alive)
+
+        self._port = self._start_on_free_port(argv, self.workdir, wait)
+        self.starts += 1
 
     async def start_async(self, timeout: float = 20.0) -> None:
         """``start`` in a worker thread, so the calling event loop keeps running."""
@@ -669,7 +686,7 @@ class PrometheusProcess(ManagedProcess):
         client_ssl: ssl.SSLContext | None = None,
         client_headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(name, workdir / "prometheus.log")
+        super().__init__(name, workdir / "prometheus.log", port)
         self.client_ssl = client_ssl
         self.client_headers = dict(client_headers or {})
         self.workdir = workdir
@@ -679,9 +696,6 @@ class PrometheusProcess(ManagedProcess):
         self.config_path = workdir / "prometheus.yml"
         self.storage_path = workdir / "data"
         self.binary = binary
-        self._port = port
-        self._port_fixed = port is not None
-        self.starts = 0
 
     # -- lifecycle
 
@@ -731,24 +745,16 @@ class PrometheusProcess(ManagedProcess):
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self.workdir.mkdir(parents=True, exist_ok=True)
         write_config(self.config_path, self.config)
-        for attempt in range(3):
-            if self._port is None:
-                self._port = free_port()
-            self._spawn(self.argv(), cwd=self.workdir)
-            try:
-                poll_until(self._ready, timeout, f"{self.name} at {self.url}/-/ready")
-            except RuntimeError:
-                self._reap()
-                in_use = "address already in use" in _tail(self.log_path, 2000).lower()
-                if self._port_fixed or self.starts or not in_use or attempt == 2:
-                    raise
-                self._port = None
-                continue
-            except BaseException:
-                self.stop()
-                raise
-            self.starts += 1
-            return
+
+        def argv(port: int) -> list[str]:
+            self._port = port  # argv() and url read it
+            return self.argv()
+
+        def wait() -> None:
+            poll_until(self._ready, timeout, f"{self.name} at {self.url}/-/ready")
+
+        self._port = self._start_on_free_port(argv, self.workdir, wait)
+        self.starts += 1
 
     async def start_async(self, timeout: float = 20.0) -> None:
         await asyncio.to_thread(self.start, timeout)
