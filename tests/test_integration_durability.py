@@ -81,6 +81,33 @@ def seeded(mongo: MongoServer, mongo_db_name: str) -> Iterator[str]:
     yield mongo_db_name
 
 
+@pytest.fixture
+def failures(exporter: Exporter) -> Counter:
+    """``order_create_failed_total{pod, endpoint, error_type}`` on the scraped exporter."""
+    return Counter(
+        "order_create_failed", "", ["pod", "endpoint", "error_type"], registry=exporter.registry
+    )
+
+
+@pytest.fixture
+def proxy(
+    tmp_path: Path, mongo: MongoServer, seeded: str, prometheus_receiver: PrometheusProcess
+) -> Iterator[ProxyProcess]:
+    """enrichproxy with a state file and a disk queue, writing to ``prometheus_receiver``."""
+    process = ProxyProcess(
+        tmp_path / "proxy",
+        proxy_config(
+            tmp_path,
+            mongo.uri,
+            seeded,
+            [destination(prometheus_receiver.write_url, "sink", tmp_path / "queue")],
+        ),
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
 def start_sender(
     factory: PrometheusFactory, exporter: Exporter, proxy: ProxyProcess
 ) -> PrometheusProcess:
@@ -115,108 +142,72 @@ def assert_never_decreases(samples: list[tuple[float, float]]) -> None:
 
 
 def test_a_downstream_outage_leaves_no_gap(
-    tmp_path: Path,
-    mongo: MongoServer,
-    seeded: str,
+    proxy: ProxyProcess,
+    failures: Counter,
     prometheus_receiver: PrometheusProcess,
     prometheus_factory: PrometheusFactory,
     exporter: Exporter,
 ) -> None:
-    failures = Counter(
-        "order_create_failed", "", ["pod", "endpoint", "error_type"], registry=exporter.registry
-    )
     failures.labels("checkout-a", "/orders", "timeout").inc(3)
     failures.labels("checkout-b", "/orders", "timeout").inc(4)
     receiver = prometheus_receiver
-    proxy = ProxyProcess(
-        tmp_path / "proxy",
-        proxy_config(
-            tmp_path,
-            mongo.uri,
-            seeded,
-            [destination(receiver.write_url, "sink", tmp_path / "queue")],
-        ),
-    )
-    proxy.start()
-    try:
-        start_sender(prometheus_factory, exporter, proxy)
-        receiver.wait_for(QUERY, lambda r: bool(r) and sample_value(r[0]) == 7, timeout=30)
-        receiver.stop()
-        outage_start = time.time()
-        for _ in range(20):  # ~20 s of increases while the downstream is away
-            failures.labels("checkout-a", "/orders", "timeout").inc()
-            time.sleep(1)
-        assert (proxy.metric("enrichproxy_queue_samples", destination="sink") or 0) > 0
-        receiver.start()
-        receiver.wait_for(QUERY, lambda r: bool(r) and sample_value(r[0]) == 27, timeout=30)
-        samples = [s for s in raw_samples(receiver) if s[0] >= outage_start]
-        # One sample per window through the whole outage: no gap longer than two windows.
-        gaps = [b[0] - a[0] for a, b in itertools.pairwise(samples)]
-        assert len(samples) >= 18, samples
-        assert max(gaps) <= 2 * INTERVAL_S + 0.01, gaps
-        assert_never_decreases(raw_samples(receiver))
-        assert receiver.rejection_lines() == []
-    finally:
-        proxy.stop()
+    start_sender(prometheus_factory, exporter, proxy)
+    receiver.wait_for(QUERY, value_is(7), timeout=30)
+    receiver.stop()
+    outage_start = time.time()
+    for _ in range(20):  # ~20 s of increases while the downstream is away
+        failures.labels("checkout-a", "/orders", "timeout").inc()
+        time.sleep(1)
+    assert (proxy.metric("enrichproxy_queue_samples", destination="sink") or 0) > 0
+    receiver.start()
+    receiver.wait_for(QUERY, value_is(27), timeout=30)
+    samples = [s for s in raw_samples(receiver) if s[0] >= outage_start]
+    # One sample per window through the whole outage: no gap longer than two windows.
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(samples)]
+    assert len(samples) >= 18, samples
+    assert max(gaps) <= 2 * INTERVAL_S + 0.01, gaps
+    assert_never_decreases(raw_samples(receiver))
+    assert receiver.rejection_lines() == []
 
 
 def test_a_killed_proxy_continues_its_counters(
-    tmp_path: Path,
-    mongo: MongoServer,
-    seeded: str,
+    proxy: ProxyProcess,
+    failures: Counter,
     prometheus_receiver: PrometheusProcess,
     prometheus_factory: PrometheusFactory,
     exporter: Exporter,
 ) -> None:
-    failures = Counter(
-        "order_create_failed", "", ["pod", "endpoint", "error_type"], registry=exporter.registry
-    )
     failures.labels("checkout-a", "/orders", "timeout").inc(10)
     failures.labels("checkout-b", "/orders", "timeout").inc(5)
     receiver = prometheus_receiver
-    proxy = ProxyProcess(
-        tmp_path / "proxy",
-        proxy_config(
-            tmp_path,
-            mongo.uri,
-            seeded,
-            [destination(receiver.write_url, "sink", tmp_path / "queue")],
-        ),
-    )
+    start_sender(prometheus_factory, exporter, proxy)
+    receiver.wait_for(QUERY, value_is(15), timeout=30)
+    # A pod that ends before the crash: its total must stay in the sum afterwards.
+    failures.labels("checkout-b", "/orders", "timeout").inc(2)
+    receiver.wait_for(QUERY, value_is(17))
+    failures.remove("checkout-b", "/orders", "timeout")
+    time.sleep(3)
+    proxy.kill()  # SIGKILL: no shutdown work at all
+    failures.labels("checkout-a", "/orders", "timeout").inc(3)
+    time.sleep(2)  # the sender retries meanwhile
     proxy.start()
-    try:
-        start_sender(prometheus_factory, exporter, proxy)
-        receiver.wait_for(QUERY, lambda r: bool(r) and sample_value(r[0]) == 15, timeout=30)
-        # A pod that ends before the crash: its total must stay in the sum afterwards.
-        failures.labels("checkout-b", "/orders", "timeout").inc(2)
-        receiver.wait_for(QUERY, lambda r: bool(r) and sample_value(r[0]) == 17)
-        failures.remove("checkout-b", "/orders", "timeout")
-        time.sleep(3)
-        proxy.kill()  # SIGKILL: no shutdown work at all
-        failures.labels("checkout-a", "/orders", "timeout").inc(3)
-        time.sleep(2)  # the sender retries meanwhile
-        proxy.start()
-        failures.labels("checkout-a", "/orders", "timeout").inc(1)
-        receiver.wait_for(QUERY, lambda r: bool(r) and sample_value(r[0]) == 21, timeout=30)
-        time.sleep(2)
-        assert_never_decreases(raw_samples(receiver))
-        assert sample_value(receiver.query(QUERY)[0]) == 21
-        assert receiver.rejection_lines() == []
-    finally:
-        proxy.stop()
+    failures.labels("checkout-a", "/orders", "timeout").inc(1)
+    receiver.wait_for(QUERY, value_is(21), timeout=30)
+    time.sleep(2)
+    assert_never_decreases(raw_samples(receiver))
+    assert sample_value(receiver.query(QUERY)[0]) == 21
+    assert receiver.rejection_lines() == []
 
 
 def test_one_destination_down_does_not_hold_up_the_other(
     tmp_path: Path,
     mongo: MongoServer,
     seeded: str,
+    failures: Counter,
     prometheus_receiver: PrometheusProcess,
     prometheus_factory: PrometheusFactory,
     exporter: Exporter,
 ) -> None:
-    failures = Counter(
-        "order_create_failed", "", ["pod", "endpoint", "error_type"], registry=exporter.registry
-    )
     failures.labels("checkout-a", "/orders", "timeout").inc(1)
     down = prometheus_factory(prometheus_config(), receiver=True, name="down")
     down_url = down.write_url
@@ -236,7 +227,7 @@ def test_one_destination_down_does_not_hold_up_the_other(
     proxy.start()
     try:
         start_sender(prometheus_factory, exporter, proxy)
-        prometheus_receiver.wait_for(QUERY, lambda r: bool(r) and sample_value(r[0]) == 1, 30)
+        prometheus_receiver.wait_for(QUERY, value_is(1), 30)
         for value in range(2, 6):
             failures.labels("checkout-a", "/orders", "timeout").inc()
             changed = time.time()
@@ -246,7 +237,7 @@ def test_one_destination_down_does_not_hold_up_the_other(
         assert (proxy.metric("enrichproxy_queue_samples", destination="down") or 0) > 0
         assert (proxy.metric("enrichproxy_forward_retries_total", destination="down") or 0) > 0
         down.start()
-        down.wait_for(QUERY, lambda r: bool(r) and sample_value(r[0]) == 5, timeout=30)
+        down.wait_for(QUERY, value_is(5), timeout=30)
         assert_never_decreases(raw_samples(down))
         assert down.rejection_lines() == []
     finally:
