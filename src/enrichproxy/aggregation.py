@@ -139,7 +139,10 @@ class InputSeries:
         return Observed.ACCEPTED
 
     def end(self, timestamp_ms: int) -> Observed:
-        """The input received a staleness marker at ``timestamp_ms``."""
+        """The input received a staleness marker at ``timestamp_ms``.
+
+        Admitted by the same rules as ``observe`` (which keeps its copy of them inline: it runs
+        for every sample of every view)."""
         agg = self._agg
         window = -(-timestamp_ms // agg.interval_ms)
         if window <= agg.closed_window:
