@@ -54,4 +54,4 @@ clean:
 # Generated code is committed so an install needs no protoc; this regenerates it.
 proto: $(STAMP)
 	$(BIN)/pip install -q grpcio-tools mypy-protobuf
-	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/enrichproxy/proto --mypy_out=src/enrichproxy/proto proto/remote.proto
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/enrichproxy/wire/proto --mypy_out=src/enrichproxy/wire/proto proto/remote.proto

@@ -16,8 +16,8 @@ import signal
 
 from aiohttp import web
 
-from enrichproxy.codec import decode_write_request, decompress
 from enrichproxy.errors import DecodeError
+from enrichproxy.wire.codec import decode_write_request, decompress
 
 HOST = "127.0.0.1"
 WRITE_PATH = "/api/v1/write"

@@ -24,20 +24,20 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from enrichproxy.codec import (
+from enrichproxy.config.schema import QueueConfig, load_config
+from enrichproxy.engine.pipeline import Pipeline
+from enrichproxy.forward.forwarder import Destination
+from enrichproxy.metadata.table import build_table
+from enrichproxy.model import OutputSample
+from enrichproxy.server.telemetry import Telemetry
+from enrichproxy.tools.loadgen import Fleet
+from enrichproxy.wire.codec import (
     compress,
     decode_write_request,
     decompress,
     encode_labels,
     encode_write_request,
 )
-from enrichproxy.config import QueueConfig, load_config
-from enrichproxy.forwarder import Destination
-from enrichproxy.loadgen import Fleet
-from enrichproxy.metadata_table import build_table
-from enrichproxy.model import OutputSample
-from enrichproxy.pipeline import Pipeline
-from enrichproxy.telemetry import Telemetry
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = ROOT / "conf" / "enrichproxy.yaml"

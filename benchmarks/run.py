@@ -3,9 +3,9 @@
 Run with ``.venv/bin/python benchmarks/run.py`` (``make bench``); ``--help`` lists the knobs.
 
 (a) pipeline: one core, no I/O. Remote-write 1.0 requests of 2,000 series from a 500-pod fleet
-    (enrichproxy.loadgen) go through decode → Pipeline.ingest → Pipeline.flush → encode of what
-    the flush emitted, with conf/enrichproxy.yaml's two views and a table built from the fleet's
-    documents. "warm" is the steady state (every series seen before, as in production, where
+    (enrichproxy.tools.loadgen) go through decode → Pipeline.ingest → Pipeline.flush → encode of
+    what the flush emitted, with conf/enrichproxy.yaml's two views and a table built from the
+    fleet's documents. "warm" is the steady state (every series seen before, as in production, where
     the same series come back every scrape); "cold" is a fresh pipeline's first scrape, where
     every series is decoded, joined and projected for the first time.
 (b) http: the real process. A null downstream and secantusdb run as subprocesses, the proxy
@@ -53,10 +53,11 @@ import yaml
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from enrichproxy import codec
-from enrichproxy.config import Config, load_config
-from enrichproxy.durations import format_duration_ms, parse_duration_ms
-from enrichproxy.loadgen import (
+from enrichproxy.config.durations import format_duration_ms, parse_duration_ms
+from enrichproxy.config.schema import Config, load_config
+from enrichproxy.engine.pipeline import Pipeline, ViewOutput
+from enrichproxy.metadata.table import build_table
+from enrichproxy.tools.loadgen import (
     Batcher,
     Fleet,
     LoadReport,
@@ -67,8 +68,7 @@ from enrichproxy.loadgen import (
     SeedError,
     generate_load,
 )
-from enrichproxy.metadata_table import build_table
-from enrichproxy.pipeline import Pipeline, ViewOutput
+from enrichproxy.wire import codec
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = ROOT / "conf" / "enrichproxy.yaml"

@@ -13,10 +13,10 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient, WriteConcern
 
-from enrichproxy.app import PROXY, Proxy, create_app
-from enrichproxy.codec import compress, encode_labels, encode_write_request
-from enrichproxy.config import Config, parse_config
-from enrichproxy.telemetry import Telemetry
+from enrichproxy.config.schema import Config, parse_config
+from enrichproxy.server.app import PROXY, Proxy, create_app
+from enrichproxy.server.telemetry import Telemetry
+from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
 
 HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
 Client = TestClient[Any, Any]

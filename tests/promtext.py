@@ -16,8 +16,6 @@ import math
 import re
 from typing import NamedTuple
 
-from enrichproxy import codec
-from enrichproxy.codec import DecodedRequest
 from enrichproxy.model import (
     METRIC_NAME_LABEL,
     STALE_NAN,
@@ -27,6 +25,8 @@ from enrichproxy.model import (
     is_stale_marker,
     labels_to_text,
 )
+from enrichproxy.wire import codec
+from enrichproxy.wire.codec import DecodedRequest
 
 _LINE_RE = re.compile(
     r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)?(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)\s+@(?P<ts>-?\d+)$"

@@ -39,8 +39,8 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from secantus import SecantusDBServer
 
-from enrichproxy.codec import compress, encode_labels, encode_write_request
 from enrichproxy.model import Labels
+from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
 
 LOCALHOST = "127.0.0.1"
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from enrichproxy.codec import decode_labels, decode_write_request, decompress
 from enrichproxy.model import Labels
+from enrichproxy.wire.codec import decode_labels, decode_write_request, decompress
 
 
 @dataclass

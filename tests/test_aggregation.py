@@ -24,10 +24,15 @@ from dataclasses import dataclass, field
 import pytest
 from promtext import decoded_request, format_output, format_sample, normalise, parse_lines
 
-from enrichproxy import codec
-from enrichproxy.aggregation import EXPIRY_SWEEP_MS, AggregationSettings, Observed, ViewAggregator
-from enrichproxy.config import Config, parse_config
-from enrichproxy.metadata_table import build_table
+from enrichproxy.config.schema import Config, parse_config
+from enrichproxy.engine.aggregation import (
+    EXPIRY_SWEEP_MS,
+    AggregationSettings,
+    Observed,
+    ViewAggregator,
+)
+from enrichproxy.engine.pipeline import Pipeline
+from enrichproxy.metadata.table import build_table
 from enrichproxy.model import (
     METRIC_NAME_LABEL,
     STALE_NAN,
@@ -36,7 +41,7 @@ from enrichproxy.model import (
     OutputSample,
     is_stale_marker,
 )
-from enrichproxy.pipeline import Pipeline
+from enrichproxy.wire import codec
 
 INTERVAL = 15_000
 OPS = 'service="s",view="ops"'

@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 import pytest
 from promtext import decoded_request, format_output
 
-from enrichproxy.aggregation import EXPIRY_SWEEP_MS
-from enrichproxy.config import Config, parse_config
-from enrichproxy.metadata_table import build_table
-from enrichproxy.pipeline import Pipeline
+from enrichproxy.config.schema import Config, parse_config
+from enrichproxy.engine.aggregation import EXPIRY_SWEEP_MS
+from enrichproxy.engine.pipeline import Pipeline
+from enrichproxy.metadata.table import build_table
 
 DOCUMENTS: list[dict[str, object]] = [
     {"pod": "a", "service": "s1", "tier": "gold"},

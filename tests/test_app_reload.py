@@ -21,10 +21,10 @@ from promtext import wire_request
 from realparts import MongoServer
 from sinks import RecordingSink
 
-from enrichproxy.app import create_app
-from enrichproxy.config import load_config
-from enrichproxy.metadata_store import FollowState
-from enrichproxy.telemetry import Telemetry
+from enrichproxy.config.schema import load_config
+from enrichproxy.metadata.store import FollowState
+from enrichproxy.server.app import create_app
+from enrichproxy.server.telemetry import Telemetry
 
 OPS = {"name": "ops", "keep": ["service"]}
 FOLLOWING = (FollowState.FOLLOWING, FollowState.POLLING)

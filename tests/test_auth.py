@@ -8,15 +8,15 @@ import base64
 import pytest
 from tlsparts import basic_authorization
 
-from enrichproxy.auth import (
+from enrichproxy.config.schema import AuthConfig, BasicAuthConfig, Secret
+from enrichproxy.errors import Unauthorized
+from enrichproxy.server.auth import (
     Authenticator,
     AuthFailure,
     authenticator_for,
     basic_credentials,
     outbound_authorization,
 )
-from enrichproxy.config import AuthConfig, BasicAuthConfig, Secret
-from enrichproxy.errors import Unauthorized
 
 PASSWORD = "pa:ss wörd"  # a colon and non-ASCII: both allowed in a password
 TOKEN = "tok-3n"

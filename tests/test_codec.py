@@ -1,6 +1,6 @@
 """The hand-written wire codec, against bytes a real Prometheus sent and against upb.
 
-The generated protobuf classes (``enrichproxy.proto.remote_pb2``, upb underneath) are the
+The generated protobuf classes (``enrichproxy.wire.proto.remote_pb2``, upb underneath) are the
 reference: whatever one side encodes, the other must decode to the same labels and the same
 sample bits. Values are compared by their bits, so a staleness marker that turned into an
 ordinary NaN on the way would fail.
@@ -17,7 +17,6 @@ import cramjam
 import pytest
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-from enrichproxy import codec
 from enrichproxy.errors import DecodeError, PayloadTooLarge, RequestError
 from enrichproxy.model import (
     STALE_NAN,
@@ -28,7 +27,8 @@ from enrichproxy.model import (
     is_stale_marker,
     labels_to_text,
 )
-from enrichproxy.proto import remote_pb2 as pb
+from enrichproxy.wire import codec
+from enrichproxy.wire.proto import remote_pb2 as pb
 
 FIXTURES = Path(__file__).parent / "fixtures"
 INT64_MIN = -(1 << 63)

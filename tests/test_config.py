@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from enrichproxy.codec import DEFAULT_MAX_DECODED_BYTES
-from enrichproxy.config import (
+from enrichproxy.config.schema import (
     AggregationConfig,
     Config,
     EnrichRule,
@@ -20,6 +19,7 @@ from enrichproxy.config import (
 )
 from enrichproxy.errors import ConfigError
 from enrichproxy.model import Labels
+from enrichproxy.wire.codec import DEFAULT_MAX_DECODED_BYTES
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = """

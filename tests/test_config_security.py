@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from enrichproxy.config import (
+from enrichproxy.config.schema import (
     AuthConfig,
     BasicAuthConfig,
     ClientTLSConfig,
@@ -58,7 +58,7 @@ def secret_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def pem(tmp_path: Path) -> Path:
     path = tmp_path / "file.pem"
-    path.write_text("not checked here: ssl loads it (enrichproxy.tls)\n", encoding="utf-8")
+    path.write_text("not checked here: ssl loads it (enrichproxy.server.tls)\n", encoding="utf-8")
     return path
 
 

@@ -38,8 +38,8 @@ from realparts import (
     scrape_config,
 )
 
-from enrichproxy.codec import DecodedRequest, RawSeries, decode_write_request, decompress
-from enrichproxy.config import (
+from enrichproxy.config.durations import format_duration_ms
+from enrichproxy.config.schema import (
     AggregationConfig,
     ClientTLSConfig,
     Config,
@@ -50,12 +50,12 @@ from enrichproxy.config import (
     ViewConfig,
     parse_config,
 )
-from enrichproxy.durations import format_duration_ms
-from enrichproxy.forwarder import encode_batch
-from enrichproxy.metadata_table import build_table
+from enrichproxy.engine.pipeline import Pipeline
+from enrichproxy.forward.forwarder import encode_batch
+from enrichproxy.metadata.table import build_table
 from enrichproxy.model import OutputSample
-from enrichproxy.pipeline import Pipeline
-from enrichproxy.telemetry import Telemetry
+from enrichproxy.server.telemetry import Telemetry
+from enrichproxy.wire.codec import DecodedRequest, RawSeries, decode_write_request, decompress
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "compose.yaml"
@@ -317,7 +317,7 @@ def label_problems(
             matchers = {m.name: m.value for m in selector.matchers.matchers}
             if name.startswith("enrichproxy_"):
                 if name not in families:
-                    problems.append(f"{name} is not a metric of telemetry.py")
+                    problems.append(f"{name} is not a metric of server/telemetry.py")
                     continue
                 allowed |= families[name][1] | TARGET_LABELS | {"__name__"}
             elif matchers.get("view") in views:
@@ -630,7 +630,9 @@ def test_alert_rules_use_metrics_and_labels_enrichproxy_exports() -> None:
         problems += [f"{rule['alert']}: {p}" for p in label_problems(rule["expr"], families, views)]
     text = ALERT_RULES.read_text(encoding="utf-8")
     problems += [
-        f"{n}: not in telemetry.py" for n in METRIC_NAME_RE.findall(text) if n not in families
+        f"{n}: not in server/telemetry.py"
+        for n in METRIC_NAME_RE.findall(text)
+        if n not in families
     ]
     assert not problems, "\n".join(problems)
 
@@ -668,7 +670,8 @@ def test_dashboards_parse_and_use_the_provisioned_datasource() -> None:
 
 
 def test_dashboards_use_metrics_and_labels_enrichproxy_writes() -> None:
-    """Self-metrics exist in telemetry.py; view series carry only the labels their view keeps."""
+    """Self-metrics exist in server/telemetry.py; view series carry only the labels their view
+    keeps."""
     families = telemetry_families()
     views = view_keep()
     problems = []
@@ -680,7 +683,7 @@ def test_dashboards_use_metrics_and_labels_enrichproxy_writes() -> None:
             ]
         text = json.dumps(board)
         problems += [
-            f"{path.name}: {name} is not in telemetry.py"
+            f"{path.name}: {name} is not in server/telemetry.py"
             for name in METRIC_NAME_RE.findall(text)
             if name not in families
         ]
@@ -908,7 +911,8 @@ def documented_default(value: object, field_name: str) -> str:
 
 
 def config_keys() -> list[tuple[str, str | None]]:
-    """(YAML path, documented default) of every configuration key, from config.py's dataclasses.
+    """(YAML path, documented default) of every configuration key, from config/schema.py's
+    dataclasses.
 
     YAML keys are the field names without ``_ms``. The default is None where there is none to
     check: required keys, optional keys without a default, and derived ones.

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from enrichproxy import disk_queue
-from enrichproxy.disk_queue import ShardQueue
+from enrichproxy.durability import disk_queue
+from enrichproxy.durability.disk_queue import ShardQueue
 
 
 def fill(queue: ShardQueue, count: int, size: int = 100) -> None:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from enrichproxy.durations import format_duration_ms, parse_duration_ms
+from enrichproxy.config.durations import format_duration_ms, parse_duration_ms
 
 SECOND = 1000
 MINUTE = 60 * SECOND

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from enrichproxy.config import EnrichRule, MetadataConfig
-from enrichproxy.enrich import Enriched, Lookup, Step, enrich
-from enrichproxy.metadata_table import MetadataTable
+from enrichproxy.config.schema import EnrichRule, MetadataConfig
+from enrichproxy.engine.enrich import Enriched, Lookup, Step, enrich
+from enrichproxy.metadata.table import MetadataTable
 from enrichproxy.model import Labels
 
 TABLE = MetadataTable(

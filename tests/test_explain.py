@@ -36,17 +36,17 @@ from sinks import RecordingSink
 from tlsparts import self_signed_certificate
 
 from enrichproxy import cli
-from enrichproxy.app import create_app
-from enrichproxy.config import Config, parse_config
-from enrichproxy.enrich import Lookup
-from enrichproxy.explain import EXPLAIN_PATH, Explanation, explain, parse_exact_selector
-from enrichproxy.metadata_admin import import_documents
-from enrichproxy.metadata_table import build_table
+from enrichproxy.config.schema import Config, parse_config
+from enrichproxy.engine.enrich import Lookup
+from enrichproxy.engine.explain import EXPLAIN_PATH, Explanation, explain, parse_exact_selector
+from enrichproxy.engine.pipeline import Pipeline
+from enrichproxy.engine.views import Skip
+from enrichproxy.metadata.admin import import_documents
+from enrichproxy.metadata.table import build_table
 from enrichproxy.model import Labels, MetricMetadata, MetricType
-from enrichproxy.pipeline import Pipeline
-from enrichproxy.telemetry import Telemetry
-from enrichproxy.tls import server_context
-from enrichproxy.views import Skip
+from enrichproxy.server.app import create_app
+from enrichproxy.server.telemetry import Telemetry
+from enrichproxy.server.tls import server_context
 
 PODS = [
     {"pod": "checkout-a", "service": "checkout", "team": "orders", "tier": "gold"},

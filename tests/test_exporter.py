@@ -10,9 +10,9 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 from realparts import find_promtool, free_port
 
-from enrichproxy.exporter import families, serve
-from enrichproxy.loadgen import Fleet, PodMetadata
 from enrichproxy.model import STALE_NAN
+from enrichproxy.tools.exporter import families, serve
+from enrichproxy.tools.loadgen import Fleet, PodMetadata
 
 PODS = [PodMetadata("checkout-a", "checkout", "orders", "gold")]
 

@@ -14,9 +14,8 @@ import pytest
 from realparts import free_port
 from sinks import Answer, RecordingSink
 
-from enrichproxy.codec import decode_labels, decode_write_request, decompress, encode_labels
-from enrichproxy.config import RemoteWriteConfig
-from enrichproxy.forwarder import (
+from enrichproxy.config.schema import RemoteWriteConfig
+from enrichproxy.forward.forwarder import (
     REMOTE_WRITE_HEADERS,
     Destination,
     encode_batch,
@@ -24,7 +23,8 @@ from enrichproxy.forwarder import (
     retry_after_seconds,
 )
 from enrichproxy.model import OutputSample
-from enrichproxy.telemetry import Telemetry
+from enrichproxy.server.telemetry import Telemetry
+from enrichproxy.wire.codec import decode_labels, decode_write_request, decompress, encode_labels
 
 
 def _sample(series: int, timestamp: int, value: float = 1.0) -> OutputSample:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from enrichproxy.input_log import InputLog
+from enrichproxy.durability.input_log import InputLog
 
 
 async def test_records_survive_a_reopen_until_a_checkpoint_covers_them(tmp_path: Path) -> None:

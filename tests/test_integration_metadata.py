@@ -32,8 +32,8 @@ from pymongo import AsyncMongoClient, WriteConcern
 from realparts import MongoProcess, MongoServer
 from sinks import RecordingSink
 
-from enrichproxy.codec import compress, encode_labels, encode_write_request
-from enrichproxy.config import Config
+from enrichproxy.config.schema import Config
+from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from realparts import (
     scrape_config,
 )
 
-from enrichproxy.codec import compress, encode_labels, encode_write_request
+from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
 
 pytestmark = pytest.mark.integration
 

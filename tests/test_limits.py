@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from promtext import decoded_request, format_output, normalise
 
-from enrichproxy import limits
-from enrichproxy.aggregation import EXPIRY_SWEEP_MS, AggregationSettings, ViewAggregator
-from enrichproxy.codec import DecodedRequest, encode_labels
-from enrichproxy.config import Config, LimitsConfig, parse_config
+from enrichproxy.config.schema import Config, LimitsConfig, parse_config
+from enrichproxy.engine import limits
+from enrichproxy.engine.aggregation import EXPIRY_SWEEP_MS, AggregationSettings, ViewAggregator
+from enrichproxy.engine.pipeline import DROP_CARDINALITY_LIMIT, Pipeline, ViewOutput
 from enrichproxy.errors import LimitExceeded
-from enrichproxy.metadata_table import build_table
+from enrichproxy.metadata.table import build_table
 from enrichproxy.model import Labels
-from enrichproxy.pipeline import DROP_CARDINALITY_LIMIT, Pipeline, ViewOutput
+from enrichproxy.wire.codec import DecodedRequest, encode_labels
 
 SERIES: Labels = (("__name__", "jobs_total"), ("pod", "p-1"), ("service", "s"))
 

@@ -15,14 +15,8 @@ from pymongo import AsyncMongoClient
 from realparts import MongoServer
 
 from enrichproxy import __version__
-from enrichproxy.codec import (
-    decode_labels,
-    decode_write_request,
-    decompress,
-    encode_labels,
-    encode_write_request,
-)
-from enrichproxy.loadgen import (
+from enrichproxy.model import METRIC_NAME_LABEL, is_stale_marker
+from enrichproxy.tools.loadgen import (
     DEFAULT_URL,
     EXIT_NOT_ALL_ACCEPTED,
     EXIT_OK,
@@ -45,7 +39,13 @@ from enrichproxy.loadgen import (
     run,
     settings_from_args,
 )
-from enrichproxy.model import METRIC_NAME_LABEL, is_stale_marker
+from enrichproxy.wire.codec import (
+    decode_labels,
+    decode_write_request,
+    decompress,
+    encode_labels,
+    encode_write_request,
+)
 
 T0 = 1_800_000_000_000
 DEMO_METADATA = Path(__file__).resolve().parent.parent / "conf" / "metadata.yaml"

@@ -18,9 +18,9 @@ import yaml
 from pymongo import MongoClient
 from realparts import MongoServer, free_port
 
-from enrichproxy.config import Config, MetadataConfig, parse_config
+from enrichproxy.config.schema import Config, MetadataConfig, parse_config
 from enrichproxy.errors import ConfigError
-from enrichproxy.metadata_admin import (
+from enrichproxy.metadata.admin import (
     MetadataFileError,
     export_documents,
     format_documents,
@@ -29,8 +29,8 @@ from enrichproxy.metadata_admin import (
     select_rule,
     validate_documents,
 )
-from enrichproxy.metadata_store import MetadataUnavailable
-from enrichproxy.metadata_table import build_table
+from enrichproxy.metadata.store import MetadataUnavailable
+from enrichproxy.metadata.table import build_table
 
 PODS: list[dict[str, Any]] = [
     {"pod": "cart-1", "service": "cart", "team": "web", "tier": "silver"},

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from enrichproxy.config import EnrichRule, MetadataConfig
-from enrichproxy.metadata_store import (
+from enrichproxy.config.schema import EnrichRule, MetadataConfig
+from enrichproxy.metadata.store import (
     SNAPSHOT_FORMAT,
     MetadataStore,
     read_snapshot,
     snapshot_document,
 )
-from enrichproxy.metadata_table import MetadataTable
+from enrichproxy.metadata.table import MetadataTable
 
 PODS = EnrichRule(
     name="pods",

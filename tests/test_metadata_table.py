@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from enrichproxy.config import EnrichRule, MetadataConfig
-from enrichproxy.metadata_table import (
+from enrichproxy.config.schema import EnrichRule, MetadataConfig
+from enrichproxy.metadata.table import (
     DUPLICATE_KEY,
     EMPTY_TABLE,
     INVALID_KEY,

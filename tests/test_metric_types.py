@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from enrichproxy import codec
-from enrichproxy.metric_types import MetricTypes
+from enrichproxy.engine.metric_types import MetricTypes
 from enrichproxy.model import MetricMetadata, MetricType
+from enrichproxy.wire import codec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 from promtext import decoded_request, format_output, format_sample, normalise
 
-from enrichproxy import codec, pipeline
-from enrichproxy.aggregation import EXPIRY_SWEEP_MS
-from enrichproxy.codec import DecodedRequest, RawSeries
-from enrichproxy.config import Config, load_config, parse_config
-from enrichproxy.enrich import Lookup
+from enrichproxy.config.schema import Config, load_config, parse_config
+from enrichproxy.engine import pipeline
+from enrichproxy.engine.aggregation import EXPIRY_SWEEP_MS
+from enrichproxy.engine.enrich import Lookup
+from enrichproxy.engine.pipeline import MAX_FUTURE_MS, Pipeline, ViewOutput
 from enrichproxy.errors import DecodeError
-from enrichproxy.metadata_table import MetadataTable, build_table
+from enrichproxy.metadata.table import MetadataTable, build_table
 from enrichproxy.model import STALE_NAN, Labels, MetricMetadata, MetricType, is_stale_marker
-from enrichproxy.pipeline import MAX_FUTURE_MS, Pipeline, ViewOutput
+from enrichproxy.wire import codec
+from enrichproxy.wire.codec import DecodedRequest, RawSeries
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parent.parent

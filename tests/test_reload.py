@@ -11,11 +11,11 @@ from typing import Any
 
 from promtext import decoded_request, format_output, normalise
 
-from enrichproxy.config import Config, parse_config
-from enrichproxy.metadata_table import EMPTY_TABLE, build_table
+from enrichproxy.config.reload import plan_reload
+from enrichproxy.config.schema import Config, parse_config
+from enrichproxy.engine.pipeline import Pipeline, ViewOutput
+from enrichproxy.metadata.table import EMPTY_TABLE, build_table
 from enrichproxy.model import MetricMetadata, MetricType
-from enrichproxy.pipeline import Pipeline, ViewOutput
-from enrichproxy.reload import plan_reload
 
 OPS = {"name": "ops", "keep": ["service"]}
 ALL = {"name": "all", "keep": []}

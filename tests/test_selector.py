@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from enrichproxy.config.selector import Matcher, parse_selector
 from enrichproxy.model import Labels
-from enrichproxy.selector import Matcher, parse_selector
 
 
 def labels(**pairs: str) -> Labels:

@@ -19,8 +19,7 @@ import pytest
 from sinks import RecordingSink
 from tlsparts import Certificate, basic_authorization, self_signed_certificate
 
-from enrichproxy.codec import encode_labels
-from enrichproxy.config import (
+from enrichproxy.config.schema import (
     BasicAuthConfig,
     ClientTLSConfig,
     Config,
@@ -29,10 +28,11 @@ from enrichproxy.config import (
     ServerTLSConfig,
 )
 from enrichproxy.errors import ConfigError
-from enrichproxy.forwarder import REMOTE_WRITE_HEADERS, Destination
+from enrichproxy.forward.forwarder import REMOTE_WRITE_HEADERS, Destination
 from enrichproxy.model import OutputSample
-from enrichproxy.telemetry import Telemetry
-from enrichproxy.tls import check_tls, client_context, server_context
+from enrichproxy.server.telemetry import Telemetry
+from enrichproxy.server.tls import check_tls, client_context, server_context
+from enrichproxy.wire.codec import encode_labels
 
 PASSWORD = "destination-password-42"
 TOKEN = "destination-token-42"

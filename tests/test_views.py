@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enrichproxy.config import ViewConfig
+from enrichproxy.config.schema import ViewConfig
+from enrichproxy.config.selector import parse_selector
+from enrichproxy.engine.views import Skip, View
 from enrichproxy.model import Labels
-from enrichproxy.selector import parse_selector
-from enrichproxy.views import Skip, View
 
 OPS = View.from_config(ViewConfig(name="ops", keep=("service", "endpoint")))
 BUSINESS = View.from_config(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from enrichproxy import __version__
-from enrichproxy.config import Config, load_config
+from enrichproxy.config.schema import Config, load_config
 from enrichproxy.errors import ConfigError, EnrichproxyError
 
 log = logging.getLogger("enrichproxy")
@@ -70,7 +70,7 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
 def _load(path: str) -> Config | None:
     """The configuration, or None after printing every problem (TLS files loaded too, so a
     certificate that ssl cannot use is reported like any other problem)."""
-    from enrichproxy.tls import check_tls
+    from enrichproxy.server.tls import check_tls
 
     try:
         config = load_config(path)
@@ -104,8 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.log_level)
     from aiohttp import web
 
-    from enrichproxy.app import create_app, reload_on_sighup
-    from enrichproxy.tls import server_context
+    from enrichproxy.server.app import create_app, reload_on_sighup
+    from enrichproxy.server.tls import server_context
 
     # Loaded once: a reload does not change the listener (checked by _load already).
     ssl_context = None if config.tls is None else server_context(config.tls)
@@ -150,14 +150,14 @@ def _command_line_overrides(args: argparse.Namespace) -> Callable[[Config], Conf
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
-    from enrichproxy import loadgen
+    from enrichproxy.tools import loadgen
 
     configure_logging("warning")
     return asyncio.run(loadgen.run(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from enrichproxy import demo
+    from enrichproxy.tools import demo
 
     configure_logging("info")
     return asyncio.run(demo.run(args))
@@ -167,11 +167,11 @@ def cmd_metadata_import(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    from enrichproxy import metadata_admin
+    from enrichproxy.metadata import admin
 
     try:
-        documents = metadata_admin.read_documents(args.file)
-        report = asyncio.run(metadata_admin.import_documents(config.metadata, documents, args.rule))
+        documents = admin.read_documents(args.file)
+        report = asyncio.run(admin.import_documents(config.metadata, documents, args.rule))
     except EnrichproxyError as exc:
         print(f"enrichproxy: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -185,11 +185,11 @@ def cmd_metadata_export(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    from enrichproxy import metadata_admin
+    from enrichproxy.metadata import admin
 
     try:
-        documents = asyncio.run(metadata_admin.export_documents(config.metadata, args.rule))
-        text = metadata_admin.format_documents(documents, args.format)
+        documents = asyncio.run(admin.export_documents(config.metadata, args.rule))
+        text = admin.format_documents(documents, args.format)
     except EnrichproxyError as exc:
         print(f"enrichproxy: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -203,7 +203,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    from enrichproxy.explain import EXPLAIN_PATH
+    from enrichproxy.engine.explain import EXPLAIN_PATH
 
     query = urllib.parse.urlencode({"series": args.series})
     url = f"{args.url.rstrip('/')}{EXPLAIN_PATH}?{query}"
@@ -241,7 +241,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _explain_credentials(args: argparse.Namespace) -> dict[str, str]:
     """The Authorization header for a proxy with ``auth``; secrets come from files (trimmed,
     as the proxy reads its own), so they never show in ``ps`` or shell history."""
-    from enrichproxy.auth import basic_credentials, bearer_credentials
+    from enrichproxy.server.auth import basic_credentials, bearer_credentials
 
     if args.bearer_token_file:
         with open(args.bearer_token_file, encoding="utf-8") as handle:
@@ -348,13 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_argument(check)
     check.set_defaults(func=cmd_check)
 
-    from enrichproxy import loadgen
+    from enrichproxy.tools import loadgen
 
     generator = commands.add_parser("loadgen", help="send simulated remote-write load")
     loadgen.add_arguments(generator)
     generator.set_defaults(func=cmd_loadgen)
 
-    from enrichproxy import demo
+    from enrichproxy.tools import demo
 
     demo_parser = commands.add_parser(
         "demo", help="run MongoDB (secantusdb), a downstream Prometheus, the proxy and load"

@@ -6,8 +6,8 @@ import enum
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from enrichproxy.config import EnrichRule
-from enrichproxy.metadata_table import Key, MetadataTable
+from enrichproxy.config.schema import EnrichRule
+from enrichproxy.metadata.table import Key, MetadataTable
 from enrichproxy.model import Labels
 
 

@@ -18,7 +18,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from enrichproxy.pipeline import IngestResult, ViewOutput
+from enrichproxy.engine.pipeline import IngestResult, ViewOutput
 
 EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
 

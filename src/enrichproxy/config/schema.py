@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from enrichproxy.codec import DEFAULT_MAX_DECODED_BYTES
-from enrichproxy.durations import parse_duration_ms
+from enrichproxy.config.durations import parse_duration_ms
+from enrichproxy.config.selector import Selector, parse_selector
 from enrichproxy.errors import ConfigError
 from enrichproxy.model import METRIC_NAME_LABEL, VIEW_LABEL
-from enrichproxy.selector import Selector, parse_selector
+from enrichproxy.wire.codec import DEFAULT_MAX_DECODED_BYTES
 
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _BYTE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}

@@ -28,10 +28,10 @@ from typing import Any
 from aiohttp import web
 from pymongo import AsyncMongoClient
 
-from enrichproxy import loadgen
-from enrichproxy.app import create_app
-from enrichproxy.config import Config, RemoteWriteConfig, load_config
-from enrichproxy.metadata_admin import import_documents, read_documents
+from enrichproxy.config.schema import Config, RemoteWriteConfig, load_config
+from enrichproxy.metadata.admin import import_documents, read_documents
+from enrichproxy.server.app import create_app
+from enrichproxy.tools import loadgen
 
 LOCALHOST = "127.0.0.1"
 PROMETHEUS = "/usr/bin/prometheus"
@@ -212,7 +212,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _demo_config(base: Config, mongodb_uri: str, port: int, sink_url: str) -> Config:
-    from enrichproxy.durations import parse_duration_ms
+    from enrichproxy.config.durations import parse_duration_ms
 
     interval = parse_duration_ms(DEMO_INTERVAL)
     return replace(

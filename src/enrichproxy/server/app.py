@@ -27,9 +27,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from enrichproxy.auth import authenticator_for
-from enrichproxy.codec import decode_write_request, decompress
-from enrichproxy.config import Config, MetadataConfig, load_config
+from enrichproxy.config.reload import ReloadPlan, plan_reload
+from enrichproxy.config.schema import Config, MetadataConfig, load_config
+from enrichproxy.durability.input_log import InputLog
+from enrichproxy.durability.state_store import StateStore
+from enrichproxy.engine.explain import EXPLAIN_PATH, SELECTOR_EXAMPLE, explain, parse_exact_selector
+from enrichproxy.engine.pipeline import Pipeline, ViewOutput
 from enrichproxy.errors import (
     BadQuery,
     ConfigError,
@@ -40,10 +43,8 @@ from enrichproxy.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from enrichproxy.explain import EXPLAIN_PATH, SELECTOR_EXAMPLE, explain, parse_exact_selector
-from enrichproxy.forwarder import Forwarder
-from enrichproxy.input_log import InputLog
-from enrichproxy.metadata_store import (
+from enrichproxy.forward.forwarder import Forwarder
+from enrichproxy.metadata.store import (
     FollowState,
     MetadataStore,
     MetadataUnavailable,
@@ -51,10 +52,9 @@ from enrichproxy.metadata_store import (
     Source,
     TableUpdate,
 )
-from enrichproxy.pipeline import Pipeline, ViewOutput
-from enrichproxy.reload import ReloadPlan, plan_reload
-from enrichproxy.state_store import StateStore
-from enrichproxy.telemetry import EXPOSITION_CONTENT_TYPE, Telemetry
+from enrichproxy.server.auth import authenticator_for
+from enrichproxy.server.telemetry import EXPOSITION_CONTENT_TYPE, Telemetry
+from enrichproxy.wire.codec import decode_write_request, decompress
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ async def handle_write(request: web.Request) -> web.Response:
     result = proxy.pipeline.ingest(decoded, now_ms())
     telemetry.record_ingest(result)
     if proxy.input_log is not None:
-        # Acknowledged only once on disk: a crash from here on replays it (input_log.py).
+        # Acknowledged only once on disk: a crash from here on replays it (durability/input_log.py).
         number = proxy.input_log.append(body)
         try:
             await proxy.input_log.durable(number)

@@ -15,7 +15,7 @@ import functools
 import hashlib
 import hmac
 
-from enrichproxy.config import AuthConfig, BasicAuthConfig, Secret
+from enrichproxy.config.schema import AuthConfig, BasicAuthConfig, Secret
 
 REALM = "enrichproxy"
 

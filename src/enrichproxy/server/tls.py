@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 
-from enrichproxy.config import ClientTLSConfig, Config, ServerTLSConfig
+from enrichproxy.config.schema import ClientTLSConfig, Config, ServerTLSConfig
 from enrichproxy.errors import ConfigError
 
 

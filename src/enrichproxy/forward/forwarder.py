@@ -43,13 +43,13 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from enrichproxy import __version__
-from enrichproxy.auth import outbound_authorization
-from enrichproxy.codec import compress, encode_write_request
-from enrichproxy.config import RemoteWriteConfig
-from enrichproxy.disk_queue import Record, ShardQueue
+from enrichproxy.config.schema import RemoteWriteConfig
+from enrichproxy.durability.disk_queue import Record, ShardQueue
 from enrichproxy.model import OutputSample
-from enrichproxy.telemetry import Telemetry
-from enrichproxy.tls import client_context
+from enrichproxy.server.auth import outbound_authorization
+from enrichproxy.server.telemetry import Telemetry
+from enrichproxy.server.tls import client_context
+from enrichproxy.wire.codec import compress, encode_write_request
 
 if TYPE_CHECKING:
     from ssl import SSLContext

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from enrichproxy.config import Config
+from enrichproxy.config.schema import Config
 
 LIVE_KEYS = frozenset(
     {"log_level", "metadata", "views", "aggregation", "remote_write", "shutdown_timeout_ms"}

@@ -10,7 +10,7 @@ Pure: values in, an exception or nothing out.
 
 from __future__ import annotations
 
-from enrichproxy.config import LimitsConfig
+from enrichproxy.config.schema import LimitsConfig
 from enrichproxy.errors import LimitExceeded
 from enrichproxy.model import METRIC_NAME_LABEL, Labels
 

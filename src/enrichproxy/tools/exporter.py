@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from enrichproxy.loadgen import Fleet, Sample
 from enrichproxy.model import METRIC_NAME_LABEL, is_stale_marker
+from enrichproxy.tools.loadgen import Fleet, Sample
 
 # Family name, type and help of every series the fleet produces, keyed by sample-name suffix.
 _FAMILIES = {

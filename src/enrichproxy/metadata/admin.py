@@ -26,10 +26,10 @@ import yaml
 from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne
 from pymongo.errors import PyMongoError
 
-from enrichproxy.config import EnrichRule, MetadataConfig
+from enrichproxy.config.schema import EnrichRule, MetadataConfig
 from enrichproxy.errors import ConfigError, EnrichproxyError
-from enrichproxy.metadata_store import MetadataUnavailable
-from enrichproxy.metadata_table import Key, TableBuilder, scalar_text
+from enrichproxy.metadata.store import MetadataUnavailable
+from enrichproxy.metadata.table import Key, TableBuilder, scalar_text
 
 FORMATS = ("yaml", "json", "csv")
 _FORMAT_BY_SUFFIX = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".csv": "csv"}

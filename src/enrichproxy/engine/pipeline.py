@@ -18,16 +18,16 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from enrichproxy.aggregation import AggregationSettings, InputSeries, ViewAggregator
-from enrichproxy.aggregation_state import StateMismatch, export_state, restore_state
-from enrichproxy.codec import DecodedRequest, decode_labels, encode_labels
-from enrichproxy.config import Config
-from enrichproxy.enrich import Lookup, enrich
-from enrichproxy.limits import check_labels, check_series_count
-from enrichproxy.metadata_table import EMPTY_TABLE, Key, MetadataTable, changed_keys
-from enrichproxy.metric_types import MetricTypes
+from enrichproxy.config.schema import Config
+from enrichproxy.engine.aggregation import AggregationSettings, InputSeries, ViewAggregator
+from enrichproxy.engine.aggregation_state import StateMismatch, export_state, restore_state
+from enrichproxy.engine.enrich import Lookup, enrich
+from enrichproxy.engine.limits import check_labels, check_series_count
+from enrichproxy.engine.metric_types import MetricTypes
+from enrichproxy.engine.views import Skip, View
+from enrichproxy.metadata.table import EMPTY_TABLE, Key, MetadataTable, changed_keys
 from enrichproxy.model import METRIC_NAME_LABEL, MetricMetadata, OutputSample, is_stale_marker
-from enrichproxy.views import Skip, View
+from enrichproxy.wire.codec import DecodedRequest, decode_labels, encode_labels
 
 # Samples further ahead of our clock than this are refused by Prometheus (its TSDB limit); they
 # would also drag the aggregation watermark forward and make every real sample late.

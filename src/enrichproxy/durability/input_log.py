@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from enrichproxy.disk_queue import Record, ShardQueue, fsync_paths
+from enrichproxy.durability.disk_queue import Record, ShardQueue, fsync_paths
 
 
 class InputLog:

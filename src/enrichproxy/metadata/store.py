@@ -36,9 +36,9 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from enrichproxy.config import EnrichRule, MetadataConfig
+from enrichproxy.config.schema import EnrichRule, MetadataConfig
 from enrichproxy.errors import EnrichproxyError
-from enrichproxy.metadata_table import (
+from enrichproxy.metadata.table import (
     DUPLICATE_KEY,
     MetadataTable,
     Rejection,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from enrichproxy.config import ViewConfig
+from enrichproxy.config.schema import ViewConfig
+from enrichproxy.config.selector import Selector
 from enrichproxy.model import METRIC_NAME_LABEL, VIEW_LABEL, Labels
-from enrichproxy.selector import Selector
 
 # Histogram buckets are only summable bucket by bucket: `le` survives every view.
 BUCKET_LABEL = "le"

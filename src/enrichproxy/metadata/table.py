@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from enrichproxy.config import EnrichRule
+from enrichproxy.config.schema import EnrichRule
 from enrichproxy.model import Labels
 
 Key = tuple[str, ...]

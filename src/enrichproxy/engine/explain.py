@@ -19,20 +19,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from enrichproxy.aggregation import OutputGroup
-from enrichproxy.codec import encode_labels
-from enrichproxy.config import EnrichRule
-from enrichproxy.enrich import Lookup, Step, enrich
-from enrichproxy.metadata_table import Key, MetadataTable
-from enrichproxy.model import METRIC_NAME_LABEL, Labels, labels_to_text
-from enrichproxy.pipeline import (
+from enrichproxy.config.schema import EnrichRule
+from enrichproxy.config.selector import parse_selector
+from enrichproxy.engine.aggregation import OutputGroup
+from enrichproxy.engine.enrich import Lookup, Step, enrich
+from enrichproxy.engine.pipeline import (
     DROP_IN_NO_VIEW,
     DROP_METADATA_MISSING,
     DROP_NO_METRIC_NAME,
     Pipeline,
 )
-from enrichproxy.selector import parse_selector
-from enrichproxy.views import Skip, View
+from enrichproxy.engine.views import Skip, View
+from enrichproxy.metadata.table import Key, MetadataTable
+from enrichproxy.model import METRIC_NAME_LABEL, Labels, labels_to_text
+from enrichproxy.wire.codec import encode_labels
 
 EXPLAIN_PATH = "/debug/explain"
 SELECTOR_EXAMPLE = 'order_create_failed_total{pod="checkout-6c8f9",endpoint="/orders"}'

@@ -42,7 +42,9 @@ from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.errors import PyMongoError
 
 from enrichproxy import __version__
-from enrichproxy.codec import (
+from enrichproxy.config.durations import format_duration_ms, parse_duration_ms
+from enrichproxy.model import METRIC_NAME_LABEL, STALE_NAN, Labels
+from enrichproxy.wire.codec import (
     TAG_SAMPLE,
     TAG_SAMPLE_TIMESTAMP,
     TAG_SAMPLE_VALUE,
@@ -51,8 +53,6 @@ from enrichproxy.codec import (
     encode_labels,
     encode_varint,
 )
-from enrichproxy.durations import format_duration_ms, parse_duration_ms
-from enrichproxy.model import METRIC_NAME_LABEL, STALE_NAN, Labels
 
 # --- defaults -----------------------------------------------------------------------------------
 
@@ -1109,7 +1109,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"loadgen: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.exporter_port is not None:
-        from enrichproxy.exporter import serve
+        from enrichproxy.tools.exporter import serve
 
         return await serve(
             fleet, args.exporter_host, args.exporter_port, args.scrape_interval / 1000

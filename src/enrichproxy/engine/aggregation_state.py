@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from enrichproxy.aggregation import InputSeries, OutputGroup, ViewAggregator
+from enrichproxy.engine.aggregation import InputSeries, OutputGroup, ViewAggregator
 
 STATE_FORMAT = 1
 

@@ -1,0 +1,1 @@
+"""The configuration: YAML parsed and validated once into frozen values (pure)."""

@@ -1,0 +1,1 @@
+"""What survives a restart: disk queues, the input log, the aggregation checkpoint."""

@@ -1,0 +1,1 @@
+"""Sending the views' output downstream: shards, retries, queues."""

@@ -1,0 +1,1 @@
+"""Tools around the proxy: load generator, its exporter, the demo."""
