@@ -57,7 +57,7 @@ def outputs_of(fleet: Fleet, pipeline: Pipeline, minutes: int) -> list[list[Outp
                 (encode_labels(s.labels), [(s.timestamp_ms, s.value)]) for s in scrape.samples
             )
         )
-        pipeline.ingest(decode_write_request(decompress(body)), timestamp)
+        pipeline.ingest(body, timestamp)
         emitted = [s for output in pipeline.flush(timestamp) for s in output.samples]
         rounds.append(emitted)
     rounds.append([s for output in pipeline.flush(start * 2, final=True) for s in output.samples])

@@ -3,7 +3,7 @@
 Run with ``.venv/bin/python benchmarks/run.py`` (``make bench``); ``--help`` lists the knobs.
 
 (a) pipeline: one core, no I/O. Remote-write 1.0 requests of 2,000 series from a 500-pod fleet
-    (enrichproxy.tools.loadgen) go through decode → Pipeline.ingest → Pipeline.flush → encode of
+    (enrichproxy.tools.loadgen) go through decode → Pipeline.apply → Pipeline.flush → encode of
     what the flush emitted, with conf/enrichproxy.yaml's two views and a table built from the
     fleet's documents. "warm" is the steady state (every series seen before, as in production, where
     the same series come back every scrape); "cold" is a fresh pipeline's first scrape, where
@@ -55,7 +55,8 @@ from pymongo.errors import PyMongoError
 
 from enrichproxy.config.durations import format_duration_ms, parse_duration_ms
 from enrichproxy.config.schema import Config, load_config
-from enrichproxy.engine.pipeline import Pipeline, ViewOutput
+from enrichproxy.engine.interface import ViewOutput
+from enrichproxy.engine.pipeline import Pipeline
 from enrichproxy.metadata.table import build_table
 from enrichproxy.tools.loadgen import (
     Batcher,
@@ -170,7 +171,7 @@ def process(
             codec.decompress(request.body), pipeline.known_label_bytes
         )
         t1 = clock()
-        pipeline.ingest(decoded, request.now_ms)
+        pipeline.apply(decoded, request.now_ms)
         t2 = clock()
         times.decode += t1 - t0
         times.ingest += t2 - t1

@@ -133,7 +133,7 @@ def run(case: Case) -> None:
         step = Push(given) if isinstance(given, str) else given
         if isinstance(step, Push):
             newest = max(sample.timestamp_ms for sample in parse_lines(step.lines))
-            result = pipeline.ingest(decoded_request(step.lines), step.at or newest)
+            result = pipeline.apply(decoded_request(step.lines), step.at or newest)
             dropped.update(result.dropped)
         elif isinstance(step, Table):
             documents = [{"pod": pod, "service": svc} for pod, svc in step.services.items()]
@@ -142,14 +142,15 @@ def run(case: Case) -> None:
             )
         elif isinstance(step, Types):
             metadata = [MetricMetadata(step.family, step.type, "", "")]
-            pipeline.ingest(decoded_request("", metadata), 0)
+            pipeline.apply(decoded_request("", metadata), 0)
         else:
             (output,) = pipeline.flush(step.at, final=step.final)
             assert output.view == "ops"
             emitted.extend(output.samples)
             got = sorted(format_output(sample) for sample in output.samples)
             assert got == normalise(step.emits), f"step {number}: {step}"
-    (aggregator,) = pipeline.aggregators
+    (view,) = pipeline.views
+    aggregator = view.aggregator
     assert (aggregator.late_samples, aggregator.out_of_order_samples) == (
         case.late,
         case.out_of_order,

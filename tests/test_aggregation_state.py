@@ -78,7 +78,7 @@ def test_a_restart_at_any_point_changes_no_output(seed: int) -> None:
         out: list[str] = []
         for index, text in enumerate(part, start):
             now = index * 2000 + 1000
-            flow.ingest(decoded_request(text), now)
+            flow.apply(decoded_request(text), now)
             for output in flow.flush(now + index * EXPIRY_SWEEP_MS):
                 out.extend(f"{output.view} {format_output(s)}" for s in output.samples)
         return out
@@ -97,24 +97,24 @@ def test_a_restart_at_any_point_changes_no_output(seed: int) -> None:
 
 def test_a_view_whose_interval_changed_starts_empty() -> None:
     flow = make_pipeline(make_config("10s"), DOCUMENTS)
-    flow.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 5 @1000'), 1000)
+    flow.apply(decoded_request('x_total{pod="a",endpoint="/e"} 5 @1000'), 1000)
     saved = flow.export_state()
     changed = make_pipeline(make_config("20s"), DOCUMENTS)
     skipped = changed.restore_state(saved)
     assert set(skipped) == {"ops", "biz"}
     assert "interval" in skipped["ops"]
-    assert all(not aggregator.groups for aggregator in changed.aggregators)
+    assert all(not view.aggregator.groups for view in changed.views)
 
 
 def test_a_moved_pod_survives_a_restart_mid_move() -> None:
     config = make_config()
     flow = make_pipeline(config, DOCUMENTS)
-    flow.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 5 @1000'), 1000)
-    flow.ingest(decoded_request('x_total{pod="b",endpoint="/e"} 1 @1000'), 1000)
+    flow.apply(decoded_request('x_total{pod="a",endpoint="/e"} 5 @1000'), 1000)
+    flow.apply(decoded_request('x_total{pod="b",endpoint="/e"} 1 @1000'), 1000)
     moved = [dict(d) for d in DOCUMENTS]
     moved[0]["service"] = "s2"
     flow.set_table(build_table(moved, config.metadata.enrich_rules[0], 2, 0.0).table)
-    flow.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 7 @3000'), 3000)
+    flow.apply(decoded_request('x_total{pod="a",endpoint="/e"} 7 @3000'), 3000)
     saved = json.loads(json.dumps(flow.export_state()))
     reference = [format_output(s) for o in flow.flush(60_000, final=True) for s in o.samples]
     restored = make_pipeline(config, moved)
@@ -127,23 +127,22 @@ def test_the_emitted_marker_survives_an_interval_change() -> None:
     """The marker is kept in milliseconds: a view restarted with a longer interval skips only
     the time it already wrote, not everything (window numbers would be 15 times too far)."""
     one_second = make_pipeline(make_config("1s"), DOCUMENTS)
-    one_second.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 5 @99500'), 99_500)
+    one_second.apply(decoded_request('x_total{pod="a",endpoint="/e"} 5 @99500'), 99_500)
     one_second.flush(200_000, final=True)
     marker = one_second.emitted_through_ms()
     assert marker == {"ops": 100_000, "biz": 100_000}
     longer = make_pipeline(make_config("15s"), DOCUMENTS)
-    for aggregator in longer.aggregators:
-        aggregator.mark_emitted_through(marker["ops"])
-    longer.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 6 @101000'), 101_000)
+    longer.mark_emitted_through(marker)
+    longer.apply(decoded_request('x_total{pod="a",endpoint="/e"} 6 @101000'), 101_000)
     emitted = [format_output(s) for o in longer.flush(200_000, final=True) for s in o.samples]
     assert 'x_total{endpoint="/e",service="s1",view="ops"} 6 @105000' in emitted
-    late = longer.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 7 @89000'), 101_000)
+    late = longer.apply(decoded_request('x_total{pod="a",endpoint="/e"} 7 @89000'), 101_000)
     assert late.view_dropped == {("ops", "late"): 1, ("biz", "late"): 1}
 
 
 def test_a_view_whose_labels_changed_starts_empty() -> None:
     flow = make_pipeline(make_config(), DOCUMENTS)
-    flow.ingest(decoded_request('x_total{pod="a",endpoint="/e"} 5 @1000'), 1000)
+    flow.apply(decoded_request('x_total{pod="a",endpoint="/e"} 5 @1000'), 1000)
     saved = json.loads(json.dumps(flow.export_state()))
     changed = parse_config(
         {
@@ -158,5 +157,5 @@ def test_a_view_whose_labels_changed_starts_empty() -> None:
     )
     restored = make_pipeline(changed, DOCUMENTS)
     assert restored.restore_state(saved) == {"ops": "its keep labels or match selector changed"}
-    assert not restored.aggregators[0].groups
-    assert restored.aggregators[1].groups
+    assert not restored.views[0].aggregator.groups
+    assert restored.views[1].aggregator.groups

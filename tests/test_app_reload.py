@@ -107,13 +107,15 @@ async def test_reload_keeps_an_unchanged_view_and_restarts_a_changed_one(
     t = second_start()
     # A counter reset (10 → 3) before the reload: a view that keeps its state goes on from 13.
     await write(client, f'x_total{{pod="a"}} 10 @{t + 500}\nx_total{{pod="a"}} 3 @{t + 1500}')
-    ops_aggregator = proxy_of(client).pipeline.aggregators[0]
+    ops_series = (("__name__", "x_total"), ("service", "checkout"), ("view", "ops"))
+    ops_group = proxy_of(client).engine.view_group(0, ops_series)
+    assert ops_group is not None and ops_group.value == 13.0
 
     changed = {"name": "business", "keep": ["service", "tier"]}
     path.write_text(yaml.safe_dump({**config, "views": [OPS, changed]}), encoding="utf-8")
     response = await client.post("/-/reload")
     assert response.status == 200, await response.text()
-    assert proxy_of(client).pipeline.aggregators[0] is ops_aggregator
+    assert proxy_of(client).engine.view_group(0, ops_series) == ops_group  # moved over
     # The changed view's open window left at the reload, before the switch.
     await wait_until(lambda: values_of(sink, "business") == [10.0, 13.0])
 
@@ -143,7 +145,7 @@ async def test_a_broken_file_keeps_the_running_configuration(
     config = document(mongo.uri, mongo_db_name, remote_write=[destination(sinks[0], "sink")])
     client = await start(path, config, clients)
     proxy = proxy_of(client)
-    running, pipeline = proxy.config, proxy.pipeline
+    running, engine = proxy.config, proxy.engine
     loaded_at = metric(client, "enrichproxy_config_last_reload_success_timestamp_seconds")
     assert loaded_at > 0
 
@@ -154,7 +156,7 @@ async def test_a_broken_file_keeps_the_running_configuration(
     answer = await response.text()
     assert "the running one is kept" in answer
     assert "views[0].keep[0]: '1bad' is not a valid label name" in answer
-    assert (proxy.config, proxy.pipeline) == (running, pipeline)
+    assert (proxy.config, proxy.engine) == (running, engine)
     assert metric(client, "enrichproxy_config_last_reload_successful") == 0
     assert metric(client, "enrichproxy_config_reloads_total", result="failure") == 1
     assert metric(client, "enrichproxy_config_last_reload_success_timestamp_seconds") == loaded_at
@@ -256,13 +258,13 @@ async def test_a_metadata_change_restarts_the_store_with_the_tables_it_had(
     )
     client = await start(path, config, clients)
     proxy = proxy_of(client)
-    store, table = proxy.store, proxy.pipeline.tables[0]
+    store, table = proxy.store, proxy.engine.planner.tables[0]
     metadata = {**config["metadata"], "refresh_interval": "5s"}
     path.write_text(yaml.safe_dump({**config, "metadata": metadata}), encoding="utf-8")
     assert (await client.post("/-/reload")).status == 200
     assert proxy.store is not store
     assert proxy.ready  # the unchanged rule kept its table: no 503 while it is read again
-    assert proxy.pipeline.tables[0] is table
+    assert proxy.engine.planner.tables[0] is table
     t = second_start()
     await write(client, f'x_total{{pod="a"}} 1 @{t + 500}')
     # Not before: pymongo leaks a socket when a store is stopped while it connects.

@@ -79,6 +79,7 @@ def test_minimal_configuration_takes_the_defaults() -> None:
     assert config.max_decoded_bytes == DEFAULT_MAX_DECODED_BYTES
     assert config.listen == "127.0.0.1:9201"
     assert config.log_level == "info"
+    assert config.engine == "auto"
     (view,) = config.views
     assert (view.name, view.keep, view.match, view.interval_ms) == ("ops", ("service",), None, None)
     (destination,) = config.remote_write
@@ -91,6 +92,7 @@ def test_every_key_is_read() -> None:
         """
 listen: "[::1]:9300"
 log_level: debug
+engine: python
 max_decoded_bytes: 8MiB
 shutdown_timeout: 1m
 metadata:
@@ -130,6 +132,7 @@ remote_write:
     )
     assert config.listen_host_port == ("::1", 9300)
     assert config.log_level == "debug"
+    assert config.engine == "python"
     assert config.max_decoded_bytes == 8 * 1024 * 1024
     assert config.shutdown_timeout_ms == 60_000
     assert config.metadata == MetadataConfig(
@@ -304,6 +307,7 @@ def test_config_objects_are_frozen() -> None:
         (with_minimal("listen: localhost"), "listen: 'localhost' must be host:port"),
         (with_minimal("listen: 'h:70000'"), "listen: 'h:70000' must be host:port"),
         (with_minimal("log_level: loud"), "log_level: must be one of debug, info"),
+        (with_minimal("engine: rust"), "engine: must be one of auto, native, python, got 'rust'"),
         (with_minimal("max_decoded_bytes: lots"), "max_decoded_bytes: must be a positive size"),
         (with_minimal("max_decoded_bytes: 0"), "max_decoded_bytes: must be a positive size"),
         (with_minimal("metadata: {on_missing: ignore}"), "metadata.on_missing: must be one of"),

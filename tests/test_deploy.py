@@ -752,7 +752,7 @@ def view_outputs(config: Config, now_ms: int) -> list[OutputSample]:
     )
     types = decode_write_request(decompress((FIXTURES / "metadata-only.snappy").read_bytes()))
     scrape = decode_write_request(decompress((FIXTURES / "scrape-74-series.snappy").read_bytes()))
-    pipeline.ingest(types, now_ms)
+    pipeline.apply(types, now_ms)
     step_ms, steps = 5_000, 48
     outputs: list[OutputSample] = []
     for step in range(steps):
@@ -763,7 +763,7 @@ def view_outputs(config: Config, now_ms: int) -> list[OutputSample]:
                 for series in scrape.series
             ]
         )
-        pipeline.ingest(request, now_ms)
+        pipeline.apply(request, now_ms)
         for output in pipeline.flush(timestamp):
             outputs += output.samples
     for output in pipeline.flush(now_ms, final=True):

@@ -82,7 +82,7 @@ def make_pipeline(config: Config | None = None, documents: list[dict[str, Any]] 
 
 
 def feed(flow: Pipeline, text: str, metadata: list[MetricMetadata] | None = None) -> None:
-    flow.ingest(decoded_request(text, metadata), now_ms=T0 + 60_000)
+    flow.apply(decoded_request(text, metadata), now_ms=T0 + 60_000)
 
 
 def series(text: str) -> Labels:
@@ -430,7 +430,7 @@ def test_after_a_metadata_change_the_series_still_feeds_its_old_group() -> None:
     flow = make_pipeline()
     feed(flow, f'order_total{{pod="checkout-a",endpoint="/orders"}} 5 @{T0}')
     moved = [dict(PODS[0], tier="silver"), *PODS[1:]]
-    rule = flow.rules[0]
+    rule = flow.planner.rules[0]
     flow.set_table(build_table(moved, rule, version=8, loaded_at=1_700_000_100.0).table)
 
     business = view_of(why(flow, 'order_total{pod="checkout-a",endpoint="/orders"}'), "business")
@@ -453,8 +453,8 @@ def test_explaining_changes_no_state() -> None:
     explained, untouched = make_pipeline(), make_pipeline()
     for flow in (explained, untouched):
         feed(flow, text)
-    groups = [dict(a.groups) for a in explained.aggregators]
-    inputs = [dict(a.inputs) for a in explained.aggregators]
+    groups = [dict(v.aggregator.groups) for v in explained.views]
+    inputs = [dict(v.aggregator.inputs) for v in explained.views]
     cached = explained.cached_series
     for selector in (
         'order_total{pod="checkout-a",endpoint="/orders"}',
@@ -462,8 +462,8 @@ def test_explaining_changes_no_state() -> None:
         'order_total{pod="nobody"}',
     ):
         why(explained, selector).to_text()
-    assert [dict(a.groups) for a in explained.aggregators] == groups
-    assert [dict(a.inputs) for a in explained.aggregators] == inputs
+    assert [dict(v.aggregator.groups) for v in explained.views] == groups
+    assert [dict(v.aggregator.inputs) for v in explained.views] == inputs
     assert explained.cached_series == cached
     later = f'order_total{{pod="checkout-a",endpoint="/orders"}} 9 @{T0 + 30_000}'
     for flow in (explained, untouched):

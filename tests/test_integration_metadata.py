@@ -198,7 +198,7 @@ async def test_a_mongodb_restart_loses_and_repeats_no_change(
         await sender.stop()
     assert metric(client, "enrichproxy_metadata_changes_total", operation="update") == 3
     assert set(sender.statuses) == {204}
-    table = proxy_of(client).pipeline.tables[0]
+    table = proxy_of(client).engine.planner.tables[0]
     assert table.lookup(("a",)) == (("service", "s3"),)
 
 
@@ -218,7 +218,9 @@ async def test_a_standalone_server_is_polled(
         async with collection(standalone.uri, "metrics") as pods:
             await pods.update_one({"_id": "a"}, {"$set": {"service": "s2"}})
         await wait_until(
-            lambda: proxy_of(client).pipeline.tables[0].lookup(("a",)) == (("service", "s2"),),
+            lambda: (
+                proxy_of(client).engine.planner.tables[0].lookup(("a",)) == (("service", "s2"),)
+            ),
             timeout=5,
         )
     finally:

@@ -186,6 +186,41 @@ def test_each_library_is_imported_only_by_its_owners(library: str, owners: tuple
     assert not forbidden, "\n".join(sorted(forbidden))
 
 
+ENGINE = "enrichproxy.engine"
+ENGINE_SEAM = ("enrichproxy.engine.interface", "enrichproxy.engine.factory")
+"""What the rest of the package may import of the engine: the Engine interface and the factory
+that picks one. ``explain`` reads engines only through the interface, so the server may call it
+too."""
+ENGINE_PUBLIC = (*ENGINE_SEAM, "enrichproxy.engine.explain")
+ENGINE_INTERNALS = frozenset(
+    {"Pipeline", "AggregatedView", "ViewAggregator", "InputSeries", "OutputGroup", "aggregators"}
+)
+"""Names of one engine's insides (the Python reference's): nothing outside engine/ uses them."""
+
+
+@pytest.mark.parametrize("module", [m for m in sorted(MODULES) if not _within(m, ENGINE)])
+def test_outside_the_engine_only_its_interface_is_used(module: str) -> None:
+    forbidden = {
+        f"{module} imports {name}: outside engine/ only {', '.join(ENGINE_PUBLIC)} may be"
+        for name in imports_of(module)
+        if (target := _ours(name)) is not None
+        and _within(target, ENGINE)
+        and target != ENGINE
+        and target not in ENGINE_PUBLIC
+    }
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            used = node.id
+        elif isinstance(node, ast.Attribute):
+            used = node.attr
+        else:
+            continue
+        if used in ENGINE_INTERNALS:
+            forbidden.add(f"{module} line {node.lineno}: uses {used}, an engine's insides")
+    assert not forbidden, "\n".join(sorted(forbidden))
+
+
 def test_the_layer_rules_catch_a_violation() -> None:
     """The checks above would fail if the code broke the rules (they are not vacuous)."""
     assert stage_of("enrichproxy.engine.pipeline")[0] < stage_of("enrichproxy.server.app")[0]

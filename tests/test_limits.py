@@ -16,7 +16,8 @@ from promtext import decoded_request, format_output, normalise
 from enrichproxy.config.schema import Config, LimitsConfig, parse_config
 from enrichproxy.engine import limits
 from enrichproxy.engine.aggregation import EXPIRY_SWEEP_MS, AggregationSettings, ViewAggregator
-from enrichproxy.engine.pipeline import DROP_CARDINALITY_LIMIT, Pipeline, ViewOutput
+from enrichproxy.engine.interface import ViewOutput
+from enrichproxy.engine.pipeline import DROP_CARDINALITY_LIMIT, Pipeline
 from enrichproxy.errors import LimitExceeded
 from enrichproxy.metadata.table import build_table
 from enrichproxy.model import Labels
@@ -113,7 +114,7 @@ def test_too_many_series_refuse_the_whole_request() -> None:
     flow = Pipeline(make_config(limits={"max_series_per_request": 1}))
     request = decoded_request('x_total{service="a"} 1 @1000\nx_total{service="b"} 1 @1000')
     with pytest.raises(LimitExceeded, match="max_series_per_request"):
-        flow.ingest(request, now_ms=1000)
+        flow.apply(request, now_ms=1000)
     assert flow.cached_series == 0
     assert flow.flush(1000, final=True) == [ViewOutput("ops", [])]
 
@@ -132,12 +133,12 @@ def test_a_series_over_a_label_limit_refuses_the_whole_request(
     flow = Pipeline(make_config(limits=settings))
     good = 'x_total{service="a"} 1 @1000'
     with pytest.raises(LimitExceeded, match=next(iter(settings))):
-        flow.ingest(decoded_request(f"{good}\n{bad_series} 1 @1000"), now_ms=1000)
+        flow.apply(decoded_request(f"{good}\n{bad_series} 1 @1000"), now_ms=1000)
     # The refused series is not cached: it is checked, and refused, again.
     assert flow.cached_series == 1
     with pytest.raises(LimitExceeded):
-        flow.ingest(decoded_request(f"{bad_series} 2 @2000"), now_ms=2000)
-    flow.ingest(decoded_request('x_total{service="a"} 2 @2000'), now_ms=2000)
+        flow.apply(decoded_request(f"{bad_series} 2 @2000"), now_ms=2000)
+    flow.apply(decoded_request('x_total{service="a"} 2 @2000'), now_ms=2000)
     # Only the sample of the accepted request reached the view.
     assert lines(flow.flush(2000, final=True)) == {
         "ops": normalise('x_total{service="a",view="ops"} 2 @2000')
@@ -148,11 +149,11 @@ def test_label_limits_are_checked_once_per_series() -> None:
     """A cached series is not checked again: the check costs nothing on the hot path."""
     flow = Pipeline(make_config(limits={"max_labels_per_series": 5}))
     request = decoded_request('x_total{pod="p",service="a"} 1 @1000')
-    flow.ingest(request, now_ms=1000)
-    flow.limits = LimitsConfig(max_labels_per_series=1)
-    flow.ingest(decoded_request('x_total{pod="p",service="a"} 2 @2000'), now_ms=2000)
+    flow.apply(request, now_ms=1000)
+    flow.planner.limits = LimitsConfig(max_labels_per_series=1)
+    flow.apply(decoded_request('x_total{pod="p",service="a"} 2 @2000'), now_ms=2000)
     with pytest.raises(LimitExceeded):
-        flow.ingest(decoded_request('x_total{pod="q",service="a"} 1 @2000'), now_ms=2000)
+        flow.apply(decoded_request('x_total{pod="q",service="a"} 1 @2000'), now_ms=2000)
 
 
 # --- the cardinality guard ----------------------------------------------------------------------
@@ -179,7 +180,7 @@ def test_over_the_cap_new_output_series_are_dropped_and_existing_ones_keep_flowi
             ]
         )
     )
-    result = flow.ingest(
+    result = flow.apply(
         decoded_request(
             """
             x_total{pod="1",service="a"} 1 @1000
@@ -193,7 +194,7 @@ def test_over_the_cap_new_output_series_are_dropped_and_existing_ones_keep_flowi
     assert result.view_dropped == {("capped", DROP_CARDINALITY_LIMIT): 2}
     assert result.dropped == {}  # the series still fed the other view
     # Existing output series keep flowing, also from input series that are new.
-    result = flow.ingest(
+    result = flow.apply(
         decoded_request(
             """
             x_total{pod="1",service="a"} 2 @2000
@@ -218,7 +219,7 @@ def test_over_the_cap_new_output_series_are_dropped_and_existing_ones_keep_flowi
 
 def test_a_series_no_view_admits_is_dropped_as_cardinality_limit() -> None:
     flow = Pipeline(make_config([{"name": "ops", "keep": ["service"], "max_series": 1}]))
-    result = flow.ingest(
+    result = flow.apply(
         decoded_request('x_total{service="a"} 1 @1000\nx_total{service="b"} 1 @1000'), 1000
     )
     assert result.dropped == {DROP_CARDINALITY_LIMIT: 1}
@@ -243,7 +244,7 @@ def test_a_capped_series_gets_in_once_an_output_series_is_forgotten() -> None:
     scrape = 'x{{pod="p1"}} 1 @{t}\nx{{pod="p2"}} 1 @{t}\nx{{pod="p3"}} 1 @{t}'
 
     def ingest(timestamp_ms: int) -> Counter[tuple[str, str]]:
-        result = flow.ingest(decoded_request(scrape.format(t=timestamp_ms)), timestamp_ms)
+        result = flow.apply(decoded_request(scrape.format(t=timestamp_ms)), timestamp_ms)
         flow.flush(timestamp_ms)
         return result.view_dropped
 
@@ -260,10 +261,10 @@ def test_a_capped_series_gets_in_once_an_output_series_is_forgotten() -> None:
     unchanged = [key for key, plan in flow._plans.items() if plans.get(key) is plan]
     assert len(unchanged) == 2
     assert len(flow._plans) == 3
-    groups = {dict(labels)["service"] for labels in flow.aggregators[0].groups}
+    groups = {dict(labels)["service"] for labels in flow.views[0].aggregator.groups}
     assert groups == {"b", "c"}
 
 
 def test_an_empty_request_passes_every_limit() -> None:
     flow = Pipeline(make_config(limits={"max_series_per_request": 1, "max_labels_per_series": 1}))
-    assert flow.ingest(DecodedRequest(), now_ms=1000).series == 0
+    assert flow.apply(DecodedRequest(), now_ms=1000).series == 0

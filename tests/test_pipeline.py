@@ -14,7 +14,8 @@ from enrichproxy.config.schema import Config, load_config, parse_config
 from enrichproxy.engine import pipeline
 from enrichproxy.engine.aggregation import EXPIRY_SWEEP_MS
 from enrichproxy.engine.enrich import Lookup
-from enrichproxy.engine.pipeline import MAX_FUTURE_MS, Pipeline, ViewOutput
+from enrichproxy.engine.interface import ViewOutput
+from enrichproxy.engine.pipeline import MAX_FUTURE_MS, Pipeline
 from enrichproxy.errors import DecodeError
 from enrichproxy.metadata.table import MetadataTable, build_table
 from enrichproxy.model import STALE_NAN, Labels, MetricMetadata, MetricType, is_stale_marker
@@ -63,12 +64,12 @@ def test_real_prometheus_payloads_through_the_example_configuration() -> None:
     second = fixture_request("scrape-74-series-next.snappy")
     stale = fixture_request("stale-markers.snappy")
 
-    result = flow.ingest(metadata, now_ms=1795837384000)
+    result = flow.apply(metadata, now_ms=1795837384000)
     assert (result.series, result.samples, result.metadata) == (0, 0, 4)
-    assert flow.types.is_counter("order_create_failed_total")
+    assert flow.planner.types.is_counter("order_create_failed_total")
     for request in (first, second):
         now = request.series[0].samples[0][0]
-        result = flow.ingest(request, now_ms=now)
+        result = flow.apply(request, now_ms=now)
         assert (result.series, result.samples) == (74, 74)
         assert result.lookups == {
             ("pod_metadata", Lookup.HIT): 69,
@@ -76,7 +77,7 @@ def test_real_prometheus_payloads_through_the_example_configuration() -> None:
         }
         assert result.dropped == {}
         assert result.label_conflicts == 0
-    result = flow.ingest(stale, now_ms=stale.series[0].samples[0][0])
+    result = flow.apply(stale, now_ms=stale.series[0].samples[0][0])
     assert result.dropped == {}
     outputs = lines(flow.flush(now_ms=1795837431899, final=True))
 
@@ -85,7 +86,7 @@ def test_real_prometheus_payloads_through_the_example_configuration() -> None:
     first_values = {raw.label_bytes: raw.samples[0][1] for raw in first.series}
     for raw in second.series:
         name = dict(codec.decode_labels(raw.label_bytes))["__name__"]
-        if flow.types.is_counter(name):
+        if flow.planner.types.is_counter(name):
             assert raw.samples[0][1] >= first_values[raw.label_bytes], name
     window_a = -(-second.series[0].samples[0][0] // 15_000) * 15_000
     window_b = -(-stale.series[0].samples[0][0] // 15_000) * 15_000
@@ -155,7 +156,7 @@ def test_drop_reasons() -> None:
     )
     request.histograms = 3
     request.exemplars = 2
-    result = flow.ingest(request, now_ms=now)
+    result = flow.apply(request, now_ms=now)
     assert result.dropped == {
         pipeline.DROP_FUTURE: 1,
         pipeline.DROP_NAN: 1,
@@ -183,7 +184,7 @@ def test_drop_reasons() -> None:
 
 def test_quantiles_are_unsummable_only_when_no_view_takes_the_series() -> None:
     flow = Pipeline(make_config(OPS))
-    result = flow.ingest(
+    result = flow.apply(
         decoded_request('payment_amount{quantile="0.5",service="s"} 1 @1000'), now_ms=1000
     )
     assert result.dropped == {"unsummable_quantile": 1}
@@ -193,7 +194,7 @@ def test_conflicts_are_counted_per_series() -> None:
     config = make_config(OPS)
     flow = Pipeline(config)
     flow.set_table(table(config, [{"pod": "a", "service": "s", "team": "t"}]))
-    result = flow.ingest(
+    result = flow.apply(
         decoded_request('x{pod="a",service="old",team="t"} 1 @1000\nx{pod="a"} 2 @2000'), 2000
     )
     assert result.label_conflicts == 1  # service differs; team already agrees
@@ -204,11 +205,11 @@ def test_conflicts_are_counted_per_series() -> None:
 
 def test_late_and_out_of_order_samples_are_reported_per_view() -> None:
     flow = Pipeline(make_config([*OPS, {"name": "all", "keep": []}]))
-    flow.ingest(
+    flow.apply(
         decoded_request('x_total{service="s"} 1 @1000\nx_total{service="s"} 2 @60000'), 60000
     )
     flow.flush(60000)
-    result = flow.ingest(
+    result = flow.apply(
         decoded_request('x_total{service="s"} 3 @2000\nx_total{service="s"} 4 @59000'), 60000
     )
     assert result.view_dropped == {
@@ -228,7 +229,7 @@ def test_a_series_feeds_every_view_it_belongs_to() -> None:
             ]
         )
     )
-    flow.ingest(
+    flow.apply(
         decoded_request(
             'x_total{pod="a",service="s"} 1 @1000\n'
             'x_total{pod="b",service="s"} 2 @1000\n'
@@ -263,9 +264,9 @@ def test_invalid_labels_reject_the_whole_request() -> None:
         series=[RawSeries(good, [(1000, 1.0)]), RawSeries(duplicate, [(1000, 5.0)])]
     )
     with pytest.raises(DecodeError, match="duplicate label name 'service'"):
-        flow.ingest(request, now_ms=1000)
+        flow.apply(request, now_ms=1000)
     assert flow.flush(1000, final=True) == [ViewOutput("ops", [])]
-    flow.ingest(DecodedRequest(series=[RawSeries(good, [(2000, 2.0)])]), now_ms=2000)
+    flow.apply(DecodedRequest(series=[RawSeries(good, [(2000, 2.0)])]), now_ms=2000)
     assert lines(flow.flush(2000, final=True)) == {
         "ops": normalise('x_total{service="s",view="ops"} 2 @15000')
     }
@@ -278,18 +279,18 @@ def test_table_and_types_changes_rebuild_the_cache() -> None:
     config = make_config(OPS)
     flow = Pipeline(config)
     request = decoded_request('x{pod="a"} 1 @1000\ny{pod="b"} 1 @1000')
-    flow.ingest(request, 1000)
+    flow.apply(request, 1000)
     assert flow.cached_series == 2
     same = table(config, [])
     assert not flow.set_table(same)  # the same (empty) content: the cache stays
     assert flow.cached_series == 2
     assert flow.set_table(table(config, [{"pod": "a", "service": "s"}]))
     assert flow.cached_series == 1  # only the series that looked up pod "a"
-    flow.ingest(request, 1000)
+    flow.apply(request, 1000)
     assert flow.cached_series == 2
     flow.learn_types([MetricMetadata("x", MetricType.GAUGE, "", "")])
     assert flow.cached_series == 0
-    flow.ingest(request, 1000)
+    flow.apply(request, 1000)
     flow.learn_types([MetricMetadata("x", MetricType.GAUGE, "", "")])  # nothing new
     assert flow.cached_series == 2
 
@@ -300,9 +301,9 @@ def test_a_full_cache_starts_over_and_keeps_the_aggregation_state(
     monkeypatch.setattr(pipeline, "MAX_CACHED_SERIES", 1)
     flow = Pipeline(make_config(OPS))
     text = 'x_total{{pod="a",service="s"}} {a} @{t}\nx_total{{pod="b",service="s"}} {b} @{t}'
-    flow.ingest(decoded_request(text.format(a=1, b=2, t=1000)), 1000)
+    flow.apply(decoded_request(text.format(a=1, b=2, t=1000)), 1000)
     assert flow.cached_series == 2
-    flow.ingest(decoded_request(text.format(a=5, b=2, t=16000)), 16000)
+    flow.apply(decoded_request(text.format(a=5, b=2, t=16000)), 16000)
     assert flow.cached_series == 2  # cleared, then rebuilt
     assert lines(flow.flush(16000, final=True)) == {
         "ops": normalise(
@@ -316,13 +317,13 @@ def test_a_full_cache_starts_over_and_keeps_the_aggregation_state(
 
 def test_forgotten_inputs_clear_the_cache() -> None:
     flow = Pipeline(make_config(OPS, aggregation={"stale_after": "10s", "retention": "20s"}))
-    flow.ingest(decoded_request('x_total{pod="a",service="s"} 4 @1000'), 1000)
-    flow.ingest(decoded_request('x_total{pod="b",service="s"} 1 @100000'), 100000)
+    flow.apply(decoded_request('x_total{pod="a",service="s"} 4 @1000'), 1000)
+    flow.apply(decoded_request('x_total{pod="b",service="s"} 1 @100000'), 100000)
     flow.flush(100000)  # pod a ends (unseen for 10 s)
     # and, settled, is forgotten at the next sweep: its total stays with the group
     flow.flush(100000 + EXPIRY_SWEEP_MS)
     assert flow.cached_series == 0
-    flow.ingest(decoded_request('x_total{pod="a",service="s"} 3 @101000'), 101000)
+    flow.apply(decoded_request('x_total{pod="a",service="s"} 3 @101000'), 101000)
     output = lines(flow.flush(101000, final=True))
     assert output == {"ops": normalise('x_total{service="s",view="ops"} 8 @105000')}
 
@@ -330,8 +331,8 @@ def test_forgotten_inputs_clear_the_cache() -> None:
 def test_now_limits_only_future_samples() -> None:
     flow = Pipeline(make_config(OPS))
     old = decoded_request('x{service="s"} 1 @-5000000')
-    assert flow.ingest(old, now_ms=10**12).dropped == {}
-    assert Counter(flow.ingest(decoded_request('x{service="s"} 1 @700001'), 100_000).dropped) == {
+    assert flow.apply(old, now_ms=10**12).dropped == {}
+    assert Counter(flow.apply(decoded_request('x{service="s"} 1 @700001'), 100_000).dropped) == {
         pipeline.DROP_FUTURE: 1
     }
 
@@ -387,7 +388,7 @@ def label_bytes_of(request: DecodedRequest) -> dict[str, bytes]:
 
 def test_two_chained_rules_through_the_views() -> None:
     _config, flow = chained_pipeline()
-    result = flow.ingest(
+    result = flow.apply(
         decoded_request(
             """
             x_total{namespace="shop",pod="a"} 1 @1000
@@ -431,7 +432,7 @@ def test_on_missing_drop_in_the_second_rule_drops_what_it_does_not_find() -> Non
     pods_rule, owners_rule = config.metadata.enrich_rules
     flow.set_table(build_table(POD_DOCS, pods_rule, 1, 0.0).table, 0)
     flow.set_table(build_table(OWNER_DOCS[1:], owners_rule, 1, 0.0).table, 1)  # no checkout
-    result = flow.ingest(
+    result = flow.apply(
         decoded_request(
             'x_total{namespace="shop",pod="a"} 1 @1000\nx_total{service="payment"} 2 @1000'
         ),
@@ -453,7 +454,7 @@ def test_a_table_change_re_plans_only_the_series_whose_key_changed() -> None:
         x_total{{job="no_pod"}} 1 @{t}
     """
     first = decoded_request(text.format(a=10, b=20, c=30, t=1000))
-    flow.ingest(first, 1000)
+    flow.apply(first, 1000)
     series = label_bytes_of(first)
     plans = dict(flow._plans)
     assert set(plans) == set(series.values())
@@ -468,7 +469,7 @@ def test_a_table_change_re_plans_only_the_series_whose_key_changed() -> None:
     assert flow.cached_series == 3
 
     second = decoded_request(text.format(a=11, b=21, c=31, t=16000))
-    result = flow.ingest(second, 16000)
+    result = flow.apply(second, 16000)
     assert result.lookups[("services", Lookup.HIT)] == 3
     assert flow._plans[series["a"]] is plans[series["a"]]
     assert flow._plans[series["b"]] is not plans[series["b"]]
@@ -509,11 +510,11 @@ def test_a_table_change_re_plans_only_the_series_whose_key_changed() -> None:
 def test_a_change_to_most_keys_starts_the_cache_over() -> None:
     config, flow = chained_pipeline()
     request = decoded_request('x_total{namespace="shop",pod="a"} 1 @1000\nx_total{job="j"} 1 @1000')
-    flow.ingest(request, 1000)
+    flow.apply(request, 1000)
     assert flow.cached_series == 2
     unchanged = flow._plans[label_bytes_of(request)["-"]]
     owners = [{"service": "checkout", "owner": "zed"}, {"service": "x", "owner": "y"}]
     assert flow.set_table(build_table(owners, config.metadata.enrich_rules[1], 2, 0.0).table, 1)
     assert flow.cached_series == 0  # 3 changed keys, more than half of the 2 cached series
-    flow.ingest(request, 1000)
+    flow.apply(request, 1000)
     assert flow._plans[label_bytes_of(request)["-"]] is not unchanged

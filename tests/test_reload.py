@@ -13,7 +13,8 @@ from promtext import decoded_request, format_output, normalise
 
 from enrichproxy.config.reload import plan_reload
 from enrichproxy.config.schema import Config, parse_config
-from enrichproxy.engine.pipeline import Pipeline, ViewOutput
+from enrichproxy.engine.interface import Reconfiguration, ViewOutput
+from enrichproxy.engine.pipeline import Pipeline
 from enrichproxy.metadata.table import EMPTY_TABLE, build_table
 from enrichproxy.model import MetricMetadata, MetricType
 
@@ -42,10 +43,15 @@ def lines(outputs: list[ViewOutput]) -> dict[str, list[str]]:
     return {o.view: sorted(format_output(s) for s in o.samples) for o in outputs if o.samples}
 
 
+def successor_of(result: Reconfiguration) -> Pipeline:
+    assert isinstance(result.engine, Pipeline)
+    return result.engine
+
+
 def fed(config: Config, text: str = BEFORE) -> Pipeline:
     """A pipeline that saw ``text`` and emitted every window up to its newest sample's."""
     flow = Pipeline(config)
-    flow.ingest(decoded_request(text), 2500)
+    flow.apply(decoded_request(text), 2500)
     flow.flush(2500)
     return flow
 
@@ -59,10 +65,10 @@ def test_an_unchanged_view_continues_its_sums_exactly() -> None:
     result = reloaded.reconfigure(make_config([OPS, ALL]), 2600)
     assert result.kept == ["ops"]
     assert result.outputs == []  # nothing of an unchanged view leaves early
-    flow = result.pipeline
-    assert flow.aggregators[0] is reloaded.aggregators[0]
+    flow = successor_of(result)
+    assert flow.views[0].aggregator is reloaded.views[0].aggregator
     for pipeline in (reference, flow):
-        pipeline.ingest(decoded_request(AFTER), 3500)
+        pipeline.apply(decoded_request(AFTER), 3500)
     expected = normalise(
         """
         x_total{service="s",view="ops"} 9 @3000
@@ -79,12 +85,12 @@ def test_a_changed_view_emits_its_open_windows_and_starts_empty() -> None:
     result = flow.reconfigure(make_config([changed]), 2600)
     assert (result.kept, result.restarted) == ([], ["ops"])
     assert lines(result.outputs) == {"ops": normalise('x_total{service="s",view="ops"} 9 @3000')}
-    successor = result.pipeline
-    assert successor.aggregators[0].groups == {}
+    successor = successor_of(result)
+    assert successor.views[0].aggregator.groups == {}
     # A window its predecessor emitted stays emitted: a second value would be refused.
-    late = successor.ingest(decoded_request('x_total{pod="b",service="s"} 1 @2900'), 3500)
+    late = successor.apply(decoded_request('x_total{pod="b",service="s"} 1 @2900'), 3500)
     assert late.view_dropped == {("ops", "late"): 1}
-    successor.ingest(decoded_request(AFTER), 3500)
+    successor.apply(decoded_request(AFTER), 3500)
     # Started empty: the counter counts from its current value, the reset before is forgotten.
     assert lines(successor.flush(3500, final=True)) == {
         "ops": normalise('x_total{service="s",view="ops"} 4 @4000')
@@ -95,10 +101,10 @@ def test_a_longer_interval_never_emits_at_or_before_what_was_emitted() -> None:
     flow = fed(make_config([OPS]))
     result = flow.reconfigure(make_config([{**OPS, "interval": "2s"}]), 2600)
     assert result.restarted == ["ops"]
-    successor = result.pipeline
+    successor = successor_of(result)
     # The predecessor emitted through 3000 (its last window, at the reload): the 2 s window
     # (2000, 4000] is still open, and it leaves at 4000.
-    result_after = successor.ingest(decoded_request('x_total{pod="a",service="s"} 3 @2900'), 3500)
+    result_after = successor.apply(decoded_request('x_total{pod="a",service="s"} 3 @2900'), 3500)
     assert result_after.view_dropped == {}
     assert lines(successor.flush(3500, final=True)) == {
         "ops": normalise('x_total{service="s",view="ops"} 3 @4000')
@@ -120,16 +126,16 @@ def test_a_removed_view_emits_its_open_windows() -> None:
     result = flow.reconfigure(make_config([OPS]), 2600)
     assert (result.kept, result.removed) == (["ops"], ["all"])
     assert lines(result.outputs) == {"all": normalise('x_total{view="all"} 9 @3000')}
-    assert [view.name for view in result.pipeline.views] == ["ops"]
+    assert [view.name for view in successor_of(result).views] == ["ops"]
 
 
 def test_an_added_view_starts_empty() -> None:
     flow = fed(make_config([OPS]))
     result = flow.reconfigure(make_config([ALL, OPS]), 2600)
     assert (result.kept, result.added) == (["ops"], ["all"])
-    successor = result.pipeline
+    successor = successor_of(result)
     assert [view.name for view in successor.views] == ["all", "ops"]
-    successor.ingest(decoded_request(AFTER), 3500)
+    successor.apply(decoded_request(AFTER), 3500)
     assert lines(successor.flush(3500, final=True)) == {
         "all": normalise('x_total{view="all"} 4 @4000'),
         "ops": normalise(
@@ -158,10 +164,10 @@ def test_tables_of_unchanged_rules_and_the_metric_types_carry_over() -> None:
     changed_owners = {**owners, "fields": ["owner", "slack"]}
     # The first rule is now the changed one, the second the unchanged one: found by content.
     result = flow.reconfigure(make_config([OPS], metadata={"rules": [changed_owners, pods]}), 2600)
-    successor = result.pipeline
-    assert successor.tables[0] is EMPTY_TABLE
-    assert successor.tables[1] is flow.tables[0]
-    assert successor.types is flow.types
+    successor = successor_of(result)
+    assert successor.planner.tables[0] is EMPTY_TABLE
+    assert successor.planner.tables[1] is flow.planner.tables[0]
+    assert successor.planner.types is flow.planner.types
     assert successor.cached_series == 0
 
 

@@ -77,10 +77,14 @@ def _load(path: str) -> Config | None:
         check_tls(config)
         return config
     except ConfigError as exc:
-        print(f"enrichproxy: invalid configuration {path}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _report_problems(path, exc)
         return None
+
+
+def _report_problems(path: str, exc: ConfigError) -> None:
+    print(f"enrichproxy: invalid configuration {path}:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -113,7 +117,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme = "http" if ssl_context is None else "https"
     log.info("enrichproxy %s listening on %s://%s:%d", __version__, scheme, host, port)
     # A reload (SIGHUP, POST /-/reload) reads the same file, with the same flags over it.
-    app = create_app(config, config_path=args.config, overrides=overrides)
+    try:
+        app = create_app(config, config_path=args.config, overrides=overrides)
+    except ConfigError as exc:  # engine: native, where it is not built
+        _report_problems(args.config, exc)
+        return EXIT_CONFIG
     app.cleanup_ctx.append(reload_on_sighup)
     web.run_app(
         app,

@@ -32,7 +32,7 @@ class ReloadPlan:
     """YAML keys that changed in the file but apply only at the next start."""
     metadata_changed: bool = False
     """The metadata store must start over: its connection, rules or way of following them
-    changed (``on_conflict`` alone does not need that: the pipeline applies it)."""
+    changed (``on_conflict`` alone does not need that: the engine applies it)."""
 
     @property
     def remote_write_changed(self) -> bool:

@@ -30,6 +30,8 @@ LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _BYTE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 _BYTES_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB)?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ENGINES = ("auto", "native", "python")
+"""The data path's implementations (engine.factory): auto prefers native when it is built."""
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ class RemoteWriteConfig:
 class Config:
     listen: str = "127.0.0.1:9201"
     log_level: str = "info"
+    engine: str = "auto"
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     metadata: MetadataConfig = MetadataConfig()
     views: tuple[ViewConfig, ...] = ()
@@ -989,6 +992,7 @@ def parse_config(data: Any) -> Config:
     known = {
         "listen",
         "log_level",
+        "engine",
         "max_decoded_bytes",
         "metadata",
         "views",
@@ -1004,6 +1008,7 @@ def parse_config(data: Any) -> Config:
     config = Config(
         listen=top.get("listen", default.listen, _listen),
         log_level=top.get("log_level", default.log_level, _choice(*LOG_LEVELS)),
+        engine=top.get("engine", default.engine, _choice(*ENGINES)),
         max_decoded_bytes=top.get("max_decoded_bytes", default.max_decoded_bytes, _byte_size),
         metadata=_parse_metadata(top.data.get("metadata"), problems),
         views=_parse_views(top.data.get("views"), problems),

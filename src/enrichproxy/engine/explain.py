@@ -6,10 +6,10 @@ path out step by step: each rule's key and lookup (with the table's version), th
 labels, and per view whether the series is in it, its output series and that group's current
 value.
 
-Pure and read-only: the join and the projections are worked out again with the functions the
-pipeline uses, on the tables in use now, and the aggregation state is only looked up (never
-``attach``), so explaining a series, even one never received, changes nothing the proxy
-forwards.
+Pure and read-only, and the same for every engine: the join and the projections are worked
+out again by the engine's planner, on the tables in use now, and the aggregation state is only
+looked up through the Engine interface (``view_group``, ``view_input``), so explaining a
+series, even one never received, changes nothing the proxy forwards.
 """
 
 from __future__ import annotations
@@ -21,14 +21,10 @@ from typing import Any
 
 from enrichproxy.config.schema import EnrichRule
 from enrichproxy.config.selector import parse_selector
-from enrichproxy.engine.aggregation import OutputGroup
 from enrichproxy.engine.enrich import Lookup, Step, enrich
-from enrichproxy.engine.pipeline import (
-    DROP_IN_NO_VIEW,
-    DROP_METADATA_MISSING,
-    DROP_NO_METRIC_NAME,
-    Pipeline,
-)
+from enrichproxy.engine.interface import Engine, GroupState
+from enrichproxy.engine.pipeline import DROP_IN_NO_VIEW, DROP_METADATA_MISSING, DROP_NO_METRIC_NAME
+from enrichproxy.engine.planner import Planner
 from enrichproxy.engine.views import Skip, View
 from enrichproxy.metadata.table import Key, MetadataTable
 from enrichproxy.model import METRIC_NAME_LABEL, Labels, labels_to_text
@@ -94,19 +90,6 @@ class RuleExplanation:
     """Key labels taken off the series (``drop_key_labels``)."""
     dropped: bool
     """This rule dropped the series (a miss with ``on_missing: drop``)."""
-
-
-@dataclass(frozen=True)
-class GroupState:
-    """An output series' aggregation state now, including windows not emitted yet."""
-
-    labels: Labels
-    value: float
-    """Sum of every input's current contribution plus what ended inputs left behind."""
-    inputs: int
-    live_inputs: int
-    retired: float
-    """The part of ``value`` from counter inputs that ended or moved to another group."""
 
 
 @dataclass(frozen=True)
@@ -191,24 +174,21 @@ class Explanation:
         return "\n".join(out) + "\n"
 
 
-def explain(pipeline: Pipeline, labels: Labels) -> Explanation:
-    """What ``pipeline`` does with the series ``labels`` (sorted by name), read-only.
+def explain(engine: Engine, labels: Labels) -> Explanation:
+    """What ``engine`` does with the series ``labels`` (sorted by name), read-only.
 
     The series is found in the aggregation state by its encoded labels, which is how a sender
     that sends labels sorted (Prometheus does) has them cached.
     """
+    planner = engine.planner
     input_key = encode_labels(labels)
-    # The plan cache knows every series received since it last started over (after a type
-    # change, say); an input the aggregators still hold was received before that.
-    received = input_key in pipeline.known_label_bytes or any(
-        input_key in aggregator.inputs for aggregator in pipeline.aggregators
-    )
-    enriched = enrich(labels, pipeline.tables, pipeline.rules, pipeline.on_conflict)
+    received = engine.received(input_key)
+    enriched = planner.enrich(labels)
     rules = tuple(
-        _explain_rule(pipeline, labels, index, enriched.steps[index])
+        _explain_rule(planner, labels, index, enriched.steps[index])
         if index < len(enriched.steps)
-        else RuleExplanation(rule, pipeline.tables[index], None, None, (), (), (), (), False)
-        for index, rule in enumerate(pipeline.rules)
+        else RuleExplanation(rule, planner.tables[index], None, None, (), (), (), (), False)
+        for index, rule in enumerate(planner.rules)
     )
 
     def answer(
@@ -218,7 +198,7 @@ def explain(pipeline: Pipeline, labels: Labels) -> Explanation:
         views: tuple[ViewExplanation, ...] = (),
     ) -> Explanation:
         return Explanation(
-            labels, received, pipeline.on_conflict, rules, enriched_labels, counter, dropped, views
+            labels, received, planner.on_conflict, rules, enriched_labels, counter, dropped, views
         )
 
     if enriched.labels is None:
@@ -227,20 +207,19 @@ def explain(pipeline: Pipeline, labels: Labels) -> Explanation:
     if not metric_name:
         return answer(enriched.labels, None, DROP_NO_METRIC_NAME)
     views = []
-    for view, aggregator in zip(pipeline.views, pipeline.aggregators, strict=True):
-        projected = view.project(enriched.labels)
+    for index, plan in enumerate(planner.views):
+        projected = plan.view.project(enriched.labels)
         output = None if isinstance(projected, Skip) else projected
-        group = None if output is None else aggregator.groups.get(output)
-        series = aggregator.inputs.get(input_key)
-        feeds = None if series is None else series.group.labels
+        series = engine.view_input(index, input_key)
+        feeds = None if series is None else series.feeds
         views.append(
             ViewExplanation(
-                view=view,
+                view=plan.view,
                 skip=projected if isinstance(projected, Skip) else None,
                 output=output,
-                group=None if group is None else _group_state(group),
+                group=None if output is None else engine.view_group(index, output),
                 is_input=output is not None and feeds == output,
-                contribution=None if series is None else series.contribution(),
+                contribution=None if series is None else series.contribution,
                 feeds=feeds,
             )
         )
@@ -248,16 +227,16 @@ def explain(pipeline: Pipeline, labels: Labels) -> Explanation:
     if all(step.skip is not None for step in views):  # the pipeline's drop reasons, in its order
         unsummable = any(step.skip is Skip.UNSUMMABLE for step in views)
         dropped = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
-    return answer(enriched.labels, pipeline.types.is_counter(metric_name), dropped, tuple(views))
+    return answer(enriched.labels, planner.types.is_counter(metric_name), dropped, tuple(views))
 
 
-def _explain_rule(pipeline: Pipeline, labels: Labels, index: int, step: Step) -> RuleExplanation:
+def _explain_rule(planner: Planner, labels: Labels, index: int, step: Step) -> RuleExplanation:
     """Rule ``index`` as ``enrich`` applied it (``step``). Conflicts and missing key labels need
     the labels the rule saw: those the rules before it left."""
     rule = step.rule
-    before = enrich(labels, pipeline.tables[:index], pipeline.rules[:index], pipeline.on_conflict)
+    before = enrich(labels, planner.tables[:index], planner.rules[:index], planner.on_conflict)
     seen = dict(before.labels or ())
-    kept = "series" if pipeline.on_conflict == "keep" else "table"
+    kept = "series" if planner.on_conflict == "keep" else "table"
     conflicts = tuple(
         Conflict(name, seen[name], value, kept)
         for name, value in step.added
@@ -268,7 +247,7 @@ def _explain_rule(pipeline: Pipeline, labels: Labels, index: int, step: Step) ->
         removed = tuple(name for name in rule.key_labels if name not in rule.fields)
     return RuleExplanation(
         rule=rule,
-        table=pipeline.tables[index],
+        table=planner.tables[index],
         lookup=step.lookup,
         key=step.key,
         missing_labels=tuple(name for name in rule.key_labels if not seen.get(name)),
@@ -276,20 +255,6 @@ def _explain_rule(pipeline: Pipeline, labels: Labels, index: int, step: Step) ->
         conflicts=conflicts,
         removed_labels=removed,
         dropped=step.lookup is not Lookup.HIT and rule.on_missing == "drop",
-    )
-
-
-def _group_state(group: OutputGroup) -> GroupState:
-    inputs = list(group.inputs.values())
-    # An input that moved away keeps its counted total here until its last window is emitted.
-    parts = [group.retired, *(s.contribution() for s in inputs)]
-    parts.extend(s.contribution() for s in group.departed)
-    return GroupState(
-        labels=group.labels,
-        value=math.fsum(parts),
-        inputs=len(inputs),
-        live_inputs=sum(1 for s in inputs if s.live),
-        retired=group.retired,
     )
 
 

@@ -1,4 +1,4 @@
-"""The data path, stage by stage: decoded request → enrich → views → aggregation → output.
+"""The Python reference engine: request bytes → decode → enrich → views → aggregation → output.
 
 The same series come back with every scrape, so everything that depends only on a series'
 labels (decoding them, the join, each view's projection, the counter/gauge decision, the
@@ -9,25 +9,42 @@ When a metadata table changes, only the cached series that looked up a changed k
 out again; new metric types or inputs forgotten by the aggregator start the cache over.
 
 Pure: nothing here does I/O or reads a clock; results are returned, never written to metrics.
+``Pipeline`` implements ``engine.interface.Engine``; ``apply`` is its entry for a request
+already decoded (the tests' and benchmarks' way in).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import math
 from collections.abc import Container
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from enrichproxy.config.schema import Config
-from enrichproxy.engine.aggregation import AggregationSettings, InputSeries, ViewAggregator
+from enrichproxy.engine.aggregation import InputSeries, OutputGroup, ViewAggregator
 from enrichproxy.engine.aggregation_state import StateMismatch, export_state, restore_state
-from enrichproxy.engine.enrich import Lookup, enrich
+from enrichproxy.engine.enrich import Lookup
+from enrichproxy.engine.interface import (
+    EngineStats,
+    GroupState,
+    IngestResult,
+    InputState,
+    Reconfiguration,
+    ViewOutput,
+    ViewStats,
+)
 from enrichproxy.engine.limits import check_labels, check_series_count
-from enrichproxy.engine.metric_types import MetricTypes
+from enrichproxy.engine.planner import Planner, ViewPlan
 from enrichproxy.engine.views import Skip, View
-from enrichproxy.metadata.table import EMPTY_TABLE, Key, MetadataTable, changed_keys
-from enrichproxy.model import METRIC_NAME_LABEL, MetricMetadata, OutputSample, is_stale_marker
-from enrichproxy.wire.codec import DecodedRequest, decode_labels, encode_labels
+from enrichproxy.metadata.table import Key, MetadataTable
+from enrichproxy.model import METRIC_NAME_LABEL, Labels, MetricMetadata, is_stale_marker
+from enrichproxy.wire.codec import (
+    DecodedRequest,
+    decode_labels,
+    decode_write_request,
+    decompress,
+    encode_labels,
+)
 
 # Samples further ahead of our clock than this are refused by Prometheus (its TSDB limit); they
 # would also drag the aggregation watermark forward and make every real sample late.
@@ -66,71 +83,34 @@ class SeriesPlan(NamedTuple):
     """Indices of the views whose ``max_series`` left the series out (cardinality guard)."""
 
 
-@dataclass
-class IngestResult:
-    series: int = 0
-    samples: int = 0
-    lookups: Counter[tuple[str, Lookup]] = field(default_factory=Counter)
-    """(rule name, result) → series looked up."""
-    dropped: Counter[str] = field(default_factory=Counter)
-    label_conflicts: int = 0
-    metadata: int = 0
-    exemplars_skipped: int = 0
-    view_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
-    """(view, reason) → samples a view left out: late, out_of_order or cardinality_limit."""
+@dataclass(frozen=True)
+class AggregatedView:
+    """One view of the pipeline: its plan and its aggregation state."""
 
+    plan: ViewPlan
+    aggregator: ViewAggregator
 
-@dataclass
-class ViewOutput:
-    view: str
-    samples: list[OutputSample]
-
-
-@dataclass
-class Reconfiguration:
-    """What ``Pipeline.reconfigure`` did: the pipeline to use now, and what to forward first."""
-
-    pipeline: Pipeline
-    outputs: list[ViewOutput] = field(default_factory=list)
-    """The last windows of every view that changed or went away."""
-    kept: list[str] = field(default_factory=list)
-    """Views that continue with their aggregation state."""
-    restarted: list[str] = field(default_factory=list)
-    """Views whose definition changed: flushed, then started empty."""
-    removed: list[str] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
+    @property
+    def name(self) -> str:
+        return self.plan.name
 
 
 class Pipeline:
-    """Owns the metadata table in use, the series cache and every view's aggregation state."""
+    """The Python engine: owns the series cache and every view's aggregation state; the
+    tables in use and everything else the configuration decides are its ``planner``'s."""
+
+    name = "python"
 
     def __init__(self, config: Config) -> None:
-        self.spec = config.metadata
-        self.views = tuple(View.from_config(v) for v in config.views)
-        agg = config.aggregation
-        self.aggregators = tuple(
-            ViewAggregator(
-                AggregationSettings(
-                    interval_ms=config.view_interval_ms(v),
-                    lateness_ms=agg.lateness_ms,
-                    stale_after_ms=agg.stale_after_ms,
-                    retention_ms=agg.retention_ms,
-                    idle_flush_ms=agg.idle_flush_ms,
-                ),
-                encode_labels,
-            )
-            for v in config.views
+        self.planner = Planner(config)
+        self.max_decoded_bytes = config.max_decoded_bytes
+        self.views = tuple(
+            AggregatedView(plan, ViewAggregator(plan.settings, encode_labels))
+            for plan in self.planner.views
         )
-        self.rules = config.metadata.enrich_rules
-        self.on_conflict = config.metadata.on_conflict
-        self.tables: list[MetadataTable] = [EMPTY_TABLE] * len(self.rules)
-        self.types = MetricTypes()
         self._plans: dict[bytes, SeriesPlan] = {}
         # (rule index, key) → the cached series whose plan depends on that key's entry.
         self._dependents: dict[tuple[int, Key], set[bytes]] = {}
-        self.limits = config.limits
-        self.max_series = tuple(v.max_series for v in config.views)
-        """Per view, its cardinality cap (0: none)."""
         # Cached series some view's cap left out: worked out again when that view has room.
         self._capped: set[bytes] = set()
 
@@ -141,8 +121,7 @@ class Pipeline:
 
         Only the cached series that looked up a changed key are worked out again.
         """
-        changed = changed_keys(self.tables[rule_index], table)
-        self.tables[rule_index] = table
+        changed = self.planner.set_table(table, rule_index)
         if not changed:
             return False
         if len(changed) > len(self._plans) // 2:
@@ -178,7 +157,7 @@ class Pipeline:
         self._capped.clear()
 
     def learn_types(self, metadata: list[MetricMetadata]) -> None:
-        if metadata and self.types.update(metadata):
+        if metadata and self.planner.types.update(metadata):
             self._forget_plans()
 
     @property
@@ -192,14 +171,24 @@ class Pipeline:
 
     # --- the hot path ---------------------------------------------------------------------------
 
-    def ingest(self, request: DecodedRequest, now_ms: int) -> IngestResult:
+    def ingest(self, body: bytes, now_ms: int) -> IngestResult:
+        """Apply the request ``body`` (snappy, as received); see ``apply``.
+
+        The labels of series already planned are not decoded again (codec.decode_write_request).
+        """
+        request = decode_write_request(
+            decompress(body, self.max_decoded_bytes), self.known_label_bytes
+        )
+        return self.apply(request, now_ms)
+
+    def apply(self, request: DecodedRequest, now_ms: int) -> IngestResult:
         """Apply every sample of ``request`` to every view it belongs to.
 
         Every series is resolved before any sample is applied, so a DecodeError for invalid
         labels, or a LimitExceeded, leaves no sample of the rejected request applied.
         """
         series_list = request.series
-        check_series_count(len(series_list), self.limits)
+        check_series_count(len(series_list), self.planner.limits)
         result = IngestResult(metadata=len(request.metadata))
         self.learn_types(request.metadata)
         plans = self._plans
@@ -211,8 +200,10 @@ class Pipeline:
             if plan is None:
                 plan = self._plan(raw.label_bytes)
             resolved.append(plan)
-        before = [(a.late_samples, a.out_of_order_samples) for a in self.aggregators]
-        lookups = [0] * (3 * len(self.rules))
+        aggregators = [view.aggregator for view in self.views]
+        before = [(a.late_samples, a.out_of_order_samples) for a in aggregators]
+        rules = self.planner.rules
+        lookups = [0] * (3 * len(rules))
         dropped = result.dropped
         conflicts = samples = 0
         future_limit = now_ms + MAX_FUTURE_MS
@@ -250,9 +241,9 @@ class Pipeline:
         result.exemplars_skipped = request.exemplars
         for slot, count in enumerate(lookups):
             if count:
-                result.lookups[self.rules[slot // 3].name, Lookup(slot % 3)] = count
+                result.lookups[rules[slot // 3].name, Lookup(slot % 3)] = count
         for view, aggregator, (late, out_of_order) in zip(
-            self.views, self.aggregators, before, strict=True
+            self.views, aggregators, before, strict=True
         ):
             if aggregator.late_samples != late:
                 result.view_dropped[view.name, "late"] = aggregator.late_samples - late
@@ -263,11 +254,12 @@ class Pipeline:
         return result
 
     def _plan(self, label_bytes: bytes) -> SeriesPlan:
+        planner = self.planner
         labels = decode_labels(label_bytes)
-        if self.limits.checks_labels:
+        if planner.limits.checks_labels:
             # Before anything is cached: a refused series is checked again when it comes back.
-            check_labels(labels, self.limits)
-        enriched = enrich(labels, self.tables, self.rules, self.on_conflict)
+            check_labels(labels, planner.limits)
+        enriched = planner.enrich(labels)
         slots = tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps))
         keys = tuple(
             (index, step.key) for index, step in enumerate(enriched.steps) if step.key is not None
@@ -280,18 +272,18 @@ class Pipeline:
         metric_name = dict(enriched.labels).get(METRIC_NAME_LABEL)
         if not metric_name:
             return self._remember(label_bytes, SeriesPlan(slots, (), DROP_NO_METRIC_NAME, 0, keys))
-        is_counter = self.types.is_counter(metric_name)
+        is_counter = planner.types.is_counter(metric_name)
         inputs: list[InputSeries] = []
         skips: list[Skip] = []
         capped: list[int] = []
-        for index, (view, aggregator) in enumerate(zip(self.views, self.aggregators, strict=True)):
-            projected = view.project(enriched.labels)
+        for index, view in enumerate(self.views):
+            projected = view.plan.view.project(enriched.labels)
             if isinstance(projected, Skip):
                 skips.append(projected)
-            elif not aggregator.admits(projected, self.max_series[index]):
+            elif not view.aggregator.admits(projected, view.plan.max_series):
                 capped.append(index)
             else:
-                inputs.append(aggregator.attach(label_bytes, projected, is_counter))
+                inputs.append(view.aggregator.attach(label_bytes, projected, is_counter))
         drop_reason = ""
         if not inputs:
             unsummable = Skip.UNSUMMABLE in skips
@@ -315,7 +307,8 @@ class Pipeline:
         """Close complete windows (all of them with ``final``) and return their samples."""
         outputs = []
         forgotten = groups_forgotten = 0
-        for view, aggregator in zip(self.views, self.aggregators, strict=True):
+        for view in self.views:
+            aggregator = view.aggregator
             before = aggregator.forgotten_inputs
             groups_before = aggregator.forgotten_groups
             outputs.append(ViewOutput(view.name, aggregator.flush(now_ms, final)))
@@ -339,28 +332,26 @@ class Pipeline:
         counter view starts again from the inputs' current values, as after a restart without
         ``state_path``) and never emits a window its predecessor already emitted, which the
         downstream would refuse. The metric types learnt carry over, and so do the tables of
-        rules that are unchanged (the others stay empty until the metadata store loads them);
-        the series cache starts over, since what it decided may no longer hold.
+        rules that are unchanged (Planner.adopt); the series cache starts over, since what it
+        decided may no longer hold.
 
         The views moved over are shared: this pipeline must not be used afterwards.
         """
         successor = Pipeline(config)
-        successor.types = self.types
-        for index, rule in enumerate(successor.rules):
-            if rule in self.rules:
-                successor.tables[index] = self.tables[self.rules.index(rule)]
+        successor.planner.adopt(self.planner)
         wanted = {view.name: position for position, view in enumerate(successor.views)}
-        aggregators = list(successor.aggregators)
+        views = list(successor.views)
         result = Reconfiguration(successor)
-        for view, aggregator in zip(self.views, self.aggregators, strict=True):
+        for view in self.views:
+            aggregator = view.aggregator
             position = wanted.pop(view.name, None)
             if position is None:
                 result.removed.append(view.name)
                 result.outputs.append(ViewOutput(view.name, aggregator.flush(now_ms, final=True)))
                 continue
-            fresh = aggregators[position]
-            if successor.views[position] == view and fresh.settings == aggregator.settings:
-                aggregators[position] = aggregator
+            fresh = views[position]
+            if fresh.plan.continues(view.plan):
+                views[position] = AggregatedView(fresh.plan, aggregator)
                 result.kept.append(view.name)
                 continue
             result.restarted.append(view.name)
@@ -368,9 +359,11 @@ class Pipeline:
             # Windows count from the epoch, so a real one is positive; before its first
             # emission closed_window is a large negative sentinel with nothing to protect.
             if aggregator.closed_window > 0:
-                fresh.mark_emitted_through(aggregator.closed_window * aggregator.interval_ms)
+                fresh.aggregator.mark_emitted_through(
+                    aggregator.closed_window * aggregator.interval_ms
+                )
         result.added.extend(wanted)
-        successor.aggregators = tuple(aggregators)
+        successor.views = tuple(views)
         return result
 
     # --- state that survives restarts ------------------------------------------------------
@@ -379,18 +372,26 @@ class Pipeline:
         """Every view's aggregation state, keyed by view name (see aggregation_state), with
         the view's definition: a view whose labels or selector changed must not continue."""
         return {
-            view.name: {**export_state(aggregator), "definition": _definition(view)}
-            for view, aggregator in zip(self.views, self.aggregators, strict=True)
+            view.name: {
+                **export_state(view.aggregator),
+                "definition": view_definition(view.plan.view),
+            }
+            for view in self.views
         }
 
     def emitted_through_ms(self) -> dict[str, int]:
         """Per view that emitted anything, the end (ms) of the last window it emitted: in
         milliseconds, so it stays right when the view's interval changes."""
         return {
-            view.name: aggregator.closed_window * aggregator.interval_ms
-            for view, aggregator in zip(self.views, self.aggregators, strict=True)
-            if aggregator.closed_window > 0  # windows count from the epoch: real ones are > 0
+            view.name: view.aggregator.closed_window * view.aggregator.interval_ms
+            for view in self.views
+            if view.aggregator.closed_window > 0  # windows count from the epoch: real ones are > 0
         }
+
+    def mark_emitted_through(self, emitted: dict[str, int]) -> None:
+        for view in self.views:
+            if view.name in emitted:
+                view.aggregator.mark_emitted_through(emitted[view.name])
 
     def restore_state(self, states: dict[str, Any]) -> dict[str, str]:
         """Load saved view states into this fresh pipeline; returns view → why it was not.
@@ -398,25 +399,74 @@ class Pipeline:
         A view that is new, or whose interval changed, starts empty; the others continue.
         """
         skipped: dict[str, str] = {}
-        for view, aggregator in zip(self.views, self.aggregators, strict=True):
+        for view in self.views:
             state = states.get(view.name)
             if state is None:
                 skipped[view.name] = "no saved state"
                 continue
-            if state.get("definition", _definition(view)) != _definition(view):
+            definition = view_definition(view.plan.view)
+            if state.get("definition", definition) != definition:
                 skipped[view.name] = "its keep labels or match selector changed"
                 continue
             try:
-                restore_state(aggregator, state)
+                restore_state(view.aggregator, state)
             except StateMismatch as exc:
                 skipped[view.name] = str(exc)
         self._forget_plans()
         return skipped
 
+    # --- what the server shows ------------------------------------------------------------------
 
-def _definition(view: View) -> dict[str, Any]:
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            cached_series=self.cached_series,
+            views=tuple(
+                ViewStats(
+                    name=view.name,
+                    output_series=len(view.aggregator.groups),
+                    inputs=len(view.aggregator.inputs),
+                    open_windows=view.aggregator.open_windows,
+                    max_timestamp_ms=view.aggregator.max_timestamp_ms,
+                )
+                for view in self.views
+            ),
+        )
+
+    def received(self, input_key: bytes) -> bool:
+        # The plan cache knows every series received since it last started over (after a type
+        # change, say); an input the aggregators still hold was received before that.
+        return input_key in self._plans or any(
+            input_key in view.aggregator.inputs for view in self.views
+        )
+
+    def view_group(self, view_index: int, output_labels: Labels) -> GroupState | None:
+        group = self.views[view_index].aggregator.groups.get(output_labels)
+        return None if group is None else _group_state(group)
+
+    def view_input(self, view_index: int, input_key: bytes) -> InputState | None:
+        series = self.views[view_index].aggregator.inputs.get(input_key)
+        if series is None:
+            return None
+        return InputState(feeds=series.group.labels, contribution=series.contribution())
+
+
+def view_definition(view: View) -> dict[str, Any]:
     """What a view's output series depend on, besides the aggregation settings."""
     return {
         "keep": sorted(view.keep),
         "match": view.match.text if view.match is not None else None,
     }
+
+
+def _group_state(group: OutputGroup) -> GroupState:
+    inputs = list(group.inputs.values())
+    # An input that moved away keeps its counted total here until its last window is emitted.
+    parts = [group.retired, *(s.contribution() for s in inputs)]
+    parts.extend(s.contribution() for s in group.departed)
+    return GroupState(
+        labels=group.labels,
+        value=math.fsum(parts),
+        inputs=len(inputs),
+        live_inputs=sum(1 for s in inputs if s.live),
+        retired=group.retired,
+    )

@@ -7,7 +7,10 @@ Each background component is owned by one ``cleanup_ctx`` entry (start, yield, s
 shutdown aiohttp runs them in reverse: the flusher emits every open window and drains the
 queues within ``shutdown_timeout``, then the metadata refresher stops, then the forwarder.
 
-A reload (``SIGHUP`` with ``serve``, or ``POST /-/reload``) swaps the pipeline, the metadata
+The data path is an engine (``engine.interface.Engine``): the app hands it request bodies as
+received and the metadata tables, and forwards what its flushes return.
+
+A reload (``SIGHUP`` with ``serve``, or ``POST /-/reload``) swaps the engine, the metadata
 store and the changed destinations of the running proxy (``reload_config``), holding
 ``Proxy.reload_lock`` so that the flusher emits nothing meanwhile.
 """
@@ -32,7 +35,8 @@ from enrichproxy.config.schema import Config, MetadataConfig, load_config
 from enrichproxy.durability.input_log import InputLog
 from enrichproxy.durability.state_store import StateStore
 from enrichproxy.engine.explain import EXPLAIN_PATH, SELECTOR_EXAMPLE, explain, parse_exact_selector
-from enrichproxy.engine.pipeline import Pipeline, ViewOutput
+from enrichproxy.engine.factory import make_engine
+from enrichproxy.engine.interface import Engine, ViewOutput
 from enrichproxy.errors import (
     BadQuery,
     ConfigError,
@@ -54,7 +58,6 @@ from enrichproxy.metadata.store import (
 )
 from enrichproxy.server.auth import authenticator_for
 from enrichproxy.server.telemetry import EXPOSITION_CONTENT_TYPE, Telemetry
-from enrichproxy.wire.codec import decode_write_request, decompress
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ class Proxy:
     """Everything one running enrichproxy holds."""
 
     config: Config
-    pipeline: Pipeline
+    engine: Engine
     telemetry: Telemetry
     forwarder: Forwarder
     store: MetadataStore | None = None
@@ -138,10 +141,7 @@ async def handle_write(request: web.Request) -> web.Response:
     telemetry = proxy.telemetry
     telemetry.received_bytes.inc(len(body))
     started = time.perf_counter()
-    decoded = decode_write_request(
-        decompress(body, proxy.config.max_decoded_bytes), proxy.pipeline.known_label_bytes
-    )
-    result = proxy.pipeline.ingest(decoded, now_ms())
+    result = proxy.engine.ingest(body, now_ms())
     telemetry.record_ingest(result)
     if proxy.input_log is not None:
         # Acknowledged only once on disk: a crash from here on replays it (durability/input_log.py).
@@ -193,7 +193,7 @@ async def handle_explain(request: web.Request) -> web.Response:
         labels = parse_exact_selector(text)
     except ValueError as exc:
         raise BadQuery(f"series: {exc}") from None
-    explanation = explain(request.app[PROXY].pipeline, labels)
+    explanation = explain(request.app[PROXY].engine, labels)
     accepted = (
         part.split(";")[0].strip().lower() for part in request.headers.get("Accept", "").split(",")
     )
@@ -206,15 +206,15 @@ async def handle_explain(request: web.Request) -> web.Response:
 
 def refresh_gauges(proxy: Proxy) -> None:
     telemetry = proxy.telemetry
-    pipeline = proxy.pipeline
-    telemetry.series_cache_entries.set(pipeline.cached_series)
+    stats = proxy.engine.stats()
+    telemetry.series_cache_entries.set(stats.cached_series)
     wall_ms = now_ms()
-    for view, aggregator in zip(pipeline.views, pipeline.aggregators, strict=True):
-        telemetry.output_series.labels(view.name).set(len(aggregator.groups))
-        telemetry.aggregation_inputs.labels(view.name).set(len(aggregator.inputs))
-        telemetry.open_windows.labels(view.name).set(aggregator.open_windows)
-        if aggregator.max_timestamp_ms > 0:
-            lag = (wall_ms - aggregator.max_timestamp_ms) / 1000
+    for view in stats.views:
+        telemetry.output_series.labels(view.name).set(view.output_series)
+        telemetry.aggregation_inputs.labels(view.name).set(view.inputs)
+        telemetry.open_windows.labels(view.name).set(view.open_windows)
+        if view.max_timestamp_ms > 0:
+            lag = (wall_ms - view.max_timestamp_ms) / 1000
             telemetry.aggregation_lag.labels(view.name).set(lag)
 
 
@@ -296,8 +296,8 @@ def start_metadata(
 
     On a reload ``previous`` is the store just stopped: the rules that did not change keep
     its tables (see MetadataStore.adopt), and the snapshot file is not read, since the
-    tables in memory are newer. Table updates go to whatever ``proxy.pipeline`` is then, so
-    the pipeline must already be the one whose rules are ``spec``'s.
+    tables in memory are newer. Table updates go to whatever ``proxy.engine`` is then, so
+    the engine must already be the one whose rules are ``spec``'s.
     """
     telemetry = proxy.telemetry
 
@@ -305,7 +305,7 @@ def start_metadata(
         if proxy.store is not store:
             return  # from a store a reload replaced that has not stopped yet: its rules differ
         table, rule = update.build.table, update.rule.name
-        changed = proxy.pipeline.set_table(table, update.rule_index)
+        changed = proxy.engine.set_table(table, update.rule_index)
         telemetry.metadata_documents.labels(rule).set(len(table.entries))
         telemetry.metadata_stale.labels(rule).set(update.source is Source.SNAPSHOT)
         if update.source is Source.MONGODB:
@@ -406,13 +406,11 @@ def restore_state(proxy: Proxy, store: StateStore) -> int:
     the first input-log record the checkpoint does not cover."""
     states, emitted, input_log_next = store.load()
     if states:
-        skipped = proxy.pipeline.restore_state(states)
+        skipped = proxy.engine.restore_state(states)
         for name, reason in skipped.items():
             log.warning("view=%s starts empty: %s", name, reason)
         log.info("aggregation state restored from %s", store.path)
-    for view, aggregator in zip(proxy.pipeline.views, proxy.pipeline.aggregators, strict=True):
-        if view.name in emitted:
-            aggregator.mark_emitted_through(emitted[view.name])
+    proxy.engine.mark_emitted_through(emitted)
     return input_log_next
 
 
@@ -429,8 +427,7 @@ async def replay_input_log(proxy: Proxy, input_log: InputLog, first: int) -> Non
     applied = 0
     for record in records:
         try:
-            decoded = decode_write_request(decompress(record.body, proxy.config.max_decoded_bytes))
-            proxy.pipeline.ingest(decoded, now_ms())
+            proxy.engine.ingest(record.body, now_ms())
             applied += 1
         except RequestError as exc:  # it was accepted once: this cannot happen but must not stop us
             log.error("input log record %d skipped: %s", record.number, exc)
@@ -453,7 +450,7 @@ def checkpoint(proxy: Proxy) -> None:
     if proxy.state_store is not None and not proxy.replaying:
         started = time.perf_counter()
         covered = proxy.input_log.next_number if proxy.input_log is not None else 0
-        proxy.state_store.save(proxy.pipeline.export_state(), covered)
+        proxy.state_store.save(proxy.engine.export_state(), covered)
         if proxy.input_log is not None:
             proxy.input_log.covered_by_checkpoint(covered)
         proxy.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
@@ -483,11 +480,11 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         )
 
     def flush(final: bool) -> None:
-        pipeline = proxy.pipeline
-        outputs = pipeline.flush(now_ms(), final=final)
+        engine = proxy.engine
+        outputs = engine.flush(now_ms(), final=final)
         if store is not None and any(output.samples for output in outputs):
             # Before the samples are queued: after a crash, never emit these windows again.
-            store.mark_emitted(pipeline.emitted_through_ms())
+            store.mark_emitted(engine.emitted_through_ms())
         forward(proxy, outputs)
 
     def checkpoint_interval() -> float:
@@ -572,8 +569,8 @@ async def reload_config(proxy: Proxy) -> ReloadPlan:
 async def apply_config(proxy: Proxy, plan: ReloadPlan) -> None:
     """Switch ``proxy`` to ``plan.config``; the caller holds ``reload_lock``.
 
-    The order matters. The old metadata store stops before the pipeline is replaced, so no
-    table update for its rules reaches a pipeline with other rules. The last windows of the
+    The order matters. The old metadata store stops before the engine is replaced, so no
+    table update for its rules reaches an engine with other rules. The last windows of the
     views that changed are queued for the destinations as they were configured when those
     windows were aggregated, before the destinations change. Every step compares with what
     runs, so after a failure half-way the next reload finishes the job.
@@ -584,14 +581,14 @@ async def apply_config(proxy: Proxy, plan: ReloadPlan) -> None:
     previous_store = proxy.store if plan.metadata_changed else None
     if previous_store is not None:
         await stop_metadata(proxy)
-    reconfigured = proxy.pipeline.reconfigure(config, now_ms())
-    proxy.pipeline = reconfigured.pipeline
+    reconfigured = proxy.engine.reconfigure(config, now_ms())
+    proxy.engine = reconfigured.engine
     if previous_store is not None:
         start_metadata(proxy, config.metadata, previous_store)
     if proxy.state_store is not None:
         # As in the flusher, before the windows are queued; and a checkpoint of the new views
         # now, so that a crash does not bring the old definitions back from the last one.
-        proxy.state_store.mark_emitted(proxy.pipeline.emitted_through_ms())
+        proxy.state_store.mark_emitted(proxy.engine.emitted_through_ms())
         checkpoint(proxy)
     forward(proxy, reconfigured.outputs)
     for name in reconfigured.removed:
@@ -658,9 +655,12 @@ def create_app(
     ``overrides`` is applied to every configuration so read, as it was to ``config``.
     """
     telemetry = telemetry or Telemetry()
+    engine, why = make_engine(config)
+    log.info("engine=%s (%s)", engine.name, why)
+    telemetry.engine_info.labels(engine.name).set(1)
     proxy = Proxy(
         config=config,
-        pipeline=Pipeline(config),
+        engine=engine,
         telemetry=telemetry,
         forwarder=Forwarder(config.remote_write, telemetry),
         config_path=config_path,

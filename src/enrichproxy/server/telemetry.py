@@ -18,7 +18,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from enrichproxy.engine.pipeline import IngestResult, ViewOutput
+from enrichproxy.engine.interface import IngestResult, ViewOutput
 
 EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -258,6 +258,13 @@ class Telemetry:
         self.ready = Gauge(
             "enrichproxy_ready",
             "1 once the metadata table is loaded and writes are accepted.",
+            registry=r,
+        )
+        # --- the engine (an info metric, as Prometheus' own prometheus_build_info)
+        self.engine_info = Gauge(
+            "enrichproxy_engine_info",
+            "1 for the engine that runs the data path: native or python.",
+            ["engine"],
             registry=r,
         )
         # --- configuration (named after Prometheus' own prometheus_config_* metrics)

@@ -1,0 +1,166 @@
+"""The one interface between the server and the data path: ``Engine``, and the plain values it
+hands back.
+
+The server (request handler, flusher, checkpoints, input-log replay, reload, ``/metrics``,
+``/debug/explain``) sees an engine through this Protocol and nothing else, so any engine that
+implements it can run the proxy: the Python reference (``engine.pipeline.Pipeline``) or a native
+one. Every value crossing it is a plain dataclass of built-in types and labels; none exposes an
+engine's internal state.
+
+Pure, as the whole engine: callers pass ``now_ms``, and results are returned, never written to
+metrics.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from enrichproxy.config.schema import Config
+from enrichproxy.engine.enrich import Lookup
+from enrichproxy.engine.planner import Planner
+from enrichproxy.metadata.table import MetadataTable
+from enrichproxy.model import Labels, OutputSample
+
+
+@dataclass
+class IngestResult:
+    """What one request did: the counts the server turns into metrics."""
+
+    series: int = 0
+    samples: int = 0
+    lookups: Counter[tuple[str, Lookup]] = field(default_factory=Counter)
+    """(rule name, result) → series looked up."""
+    dropped: Counter[str] = field(default_factory=Counter)
+    label_conflicts: int = 0
+    metadata: int = 0
+    exemplars_skipped: int = 0
+    view_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(view, reason) → samples a view left out: late, out_of_order or cardinality_limit."""
+
+
+@dataclass
+class ViewOutput:
+    view: str
+    samples: list[OutputSample]
+
+
+@dataclass
+class Reconfiguration:
+    """What ``Engine.reconfigure`` did: the engine to use now, and what to forward first."""
+
+    engine: Engine
+    outputs: list[ViewOutput] = field(default_factory=list)
+    """The last windows of every view that changed or went away."""
+    kept: list[str] = field(default_factory=list)
+    """Views that continue with their aggregation state."""
+    restarted: list[str] = field(default_factory=list)
+    """Views whose definition changed: flushed, then started empty."""
+    removed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ViewStats:
+    name: str
+    output_series: int
+    inputs: int
+    """Input series the view's aggregation tracks."""
+    open_windows: int
+    """Windows with samples not emitted yet."""
+    max_timestamp_ms: int
+    """The newest sample time the view has seen (not positive before its first)."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """The engine's size now, for the gauges of ``/metrics``."""
+
+    cached_series: int
+    """Distinct input series whose enrichment and routing are cached."""
+    views: tuple[ViewStats, ...]
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """An output series' aggregation state now, including windows not emitted yet."""
+
+    labels: Labels
+    value: float
+    """Sum of every input's current contribution plus what ended inputs left behind."""
+    inputs: int
+    live_inputs: int
+    retired: float
+    """The part of ``value`` from counter inputs that ended or moved to another group."""
+
+
+@dataclass(frozen=True)
+class InputState:
+    """One input series' part in one view now."""
+
+    feeds: Labels
+    """The output labels of the group it feeds."""
+    contribution: float
+    """What it adds to that group now."""
+
+
+class Engine(Protocol):
+    """The data path as the server drives it. Not thread-safe: one caller at a time."""
+
+    name: str
+    """``python`` or ``native``: logged at start and exported as ``enrichproxy_engine_info``."""
+    planner: Planner
+    """The configuration-derived cold path (views, rules, tables in use, metric types learnt),
+    shared by every engine; explain reads the enrichment part from it."""
+
+    def ingest(self, body: bytes, now_ms: int) -> IngestResult:
+        """Apply the remote-write request ``body``, exactly as received (snappy-compressed
+        protobuf), to every view. PayloadTooLarge past ``max_decoded_bytes``, DecodeError or
+        LimitExceeded leave no sample of the request applied."""
+        ...
+
+    def flush(self, now_ms: int, final: bool = False) -> list[ViewOutput]:
+        """Close complete windows (all of them with ``final``) and return their samples."""
+        ...
+
+    def set_table(self, table: MetadataTable, rule_index: int = 0) -> bool:
+        """Use ``table`` for rule ``rule_index`` from now on; True when its content changed."""
+        ...
+
+    def reconfigure(self, config: Config, now_ms: int) -> Reconfiguration:
+        """An engine for ``config`` continuing this one wherever the view definitions allow;
+        this engine must not be used afterwards."""
+        ...
+
+    def export_state(self) -> dict[str, Any]:
+        """Every view's aggregation state, JSON-ready, keyed by view name."""
+        ...
+
+    def restore_state(self, states: dict[str, Any]) -> dict[str, str]:
+        """Load ``export_state``'s output into this fresh engine; view → why it starts empty."""
+        ...
+
+    def emitted_through_ms(self) -> dict[str, int]:
+        """Per view that emitted anything, the end (ms) of the last window it emitted."""
+        ...
+
+    def mark_emitted_through(self, emitted: dict[str, int]) -> None:
+        """Never emit again a window ending at or before ``emitted[view]`` (from
+        ``emitted_through_ms`` of an earlier run)."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    def received(self, input_key: bytes) -> bool:
+        """The engine holds state for the input series of these encoded labels."""
+        ...
+
+    def view_group(self, view_index: int, output_labels: Labels) -> GroupState | None:
+        """The output series ``output_labels`` of view ``view_index``; None when no input has
+        fed it (read-only: nothing is created)."""
+        ...
+
+    def view_input(self, view_index: int, input_key: bytes) -> InputState | None:
+        """The input series ``input_key`` in view ``view_index``; None when it feeds none."""
+        ...
