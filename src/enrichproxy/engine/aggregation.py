@@ -37,6 +37,20 @@ _NEVER = -(1 << 63)
 EXPIRY_SWEEP_MS = 5_000
 
 
+def exact_sum(parts: list[float]) -> float:
+    """The correctly rounded sum (``math.fsum``), so that the order in which inputs are summed
+    never shows in an output. Where fsum raises (an intermediate overflow, or +inf and -inf
+    together) the output is the plain left-to-right sum instead (inf or NaN): a flush must not
+    fail for one group's values. The native engine does exactly the same."""
+    try:
+        return math.fsum(parts)
+    except (OverflowError, ValueError):
+        total = 0.0
+        for part in parts:
+            total += part
+        return total
+
+
 class Observed(enum.IntEnum):
     """What became of one sample; everything but ACCEPTED is a drop reason."""
 
@@ -239,7 +253,7 @@ class OutputGroup:
                 elif series.is_counter:
                     self.retired += series.closed_contribution
             self.departed = still_open
-        return math.fsum(parts), live
+        return exact_sum(parts), live
 
 
 class ViewAggregator:

@@ -15,13 +15,12 @@ already decoded (the tests' and benchmarks' way in).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from enrichproxy.config.schema import Config
-from enrichproxy.engine.aggregation import InputSeries, OutputGroup, ViewAggregator
+from enrichproxy.engine.aggregation import InputSeries, OutputGroup, ViewAggregator, exact_sum
 from enrichproxy.engine.aggregation_state import StateMismatch, export_state, restore_state
 from enrichproxy.engine.enrich import Lookup
 from enrichproxy.engine.interface import (
@@ -465,7 +464,7 @@ def _group_state(group: OutputGroup) -> GroupState:
     parts.extend(s.contribution() for s in group.departed)
     return GroupState(
         labels=group.labels,
-        value=math.fsum(parts),
+        value=exact_sum(parts),
         inputs=len(inputs),
         live_inputs=sum(1 for s in inputs if s.live),
         retired=group.retired,

@@ -258,7 +258,7 @@ def _decode_other_field(buf: bytes, pos: int, end: int, request: DecodedRequest)
         stop = pos + length
         if stop > end:
             raise DecodeError("protobuf: metadata runs past the end of the request")
-        request.metadata.append(_decode_metadata(buf, pos, stop))
+        request.metadata.append(decode_metadata(buf, pos, stop))
         return stop
     if tag >> 3 == 0:
         raise DecodeError("protobuf: field number 0")
@@ -376,7 +376,8 @@ def decode_labels(label_bytes: bytes) -> Labels:
     return tuple(sorted((n, v) for n, v in pairs.items() if v))
 
 
-def _decode_metadata(buf: bytes, pos: int, end: int) -> MetricMetadata:
+def decode_metadata(buf: bytes, pos: int, end: int) -> MetricMetadata:
+    """The MetricMetadata message in ``buf[pos:end]``."""
     type_number = 0
     family = help_text = unit = ""
     while pos < end:

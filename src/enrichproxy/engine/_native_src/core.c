@@ -1,0 +1,1273 @@
+/* The native engine's Python type: the series table, the plans, and the hot path.
+ *
+ * What stays in Python (enrichproxy.engine.native): the cold path. A series seen for the first
+ * time is decoded, enriched and projected there, and the result is registered here as a plan:
+ * a "kind" (lookup slots, conflicts, drop reason, capped views: shared by many series), the
+ * views it feeds, and the metadata keys it depends on. Every later sample of that series is
+ * handled here without creating a Python object.
+ *
+ * The series table is an open-addressing table (linear probing, backward-shift deletion) of
+ * entry ids, hashed over the label bytes with the process-seeded SipHash. An entry lives while
+ * it has a plan or an input in some view (the reference's plan cache and its per-view input
+ * maps, merged so that the label bytes are stored once).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "aggregate.h"
+#include "wire.h"
+
+#define MAX_VIEWS 32
+#define NO_PLAN (-1)
+
+/* Drop reasons, numbered as enrichproxy.engine.native.DROP_REASONS lists them. */
+enum { DROP_FUTURE = 3, DROP_NAN = 4, DROP_REASONS = 8 };
+
+typedef struct {
+    int32_t *slots;
+    uint32_t nslots;
+    int32_t conflicts;
+    int32_t drop_reason;
+    uint32_t capped; /* bit v: view v's cap left the series out */
+} Kind;
+
+typedef struct {
+    uint64_t hash;
+    uint8_t *key;
+    uint32_t key_len;
+    int32_t kind;   /* NO_PLAN: no plan (the reference's plan cache does not hold it) */
+    uint32_t feeds; /* bit v: the plan feeds view v */
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    int nviews, nrules;
+    View *views[MAX_VIEWS];
+    Entry *entries;
+    size_t entries_len, entries_cap;
+    int32_t free_entry; /* free list threaded through Entry.kind */
+    int32_t *entry_inputs; /* entries_cap * nviews */
+    int32_t *entry_deps;   /* entries_cap * nrules */
+    uint32_t *slots;
+    size_t slots_cap, nentries, nplans;
+    Kind *kinds;
+    size_t nkinds, kinds_cap;
+    uint64_t epoch; /* bumped whenever an entry goes away or loses its plan */
+    int busy;       /* an apply runs without the GIL */
+} Core;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *buffer; /* the decompressed request: bytes */
+    Batch batch;
+    uint64_t epoch;
+    int resolved;
+} Request;
+
+static PyObject *WireError;
+static PyTypeObject RequestType;
+
+/* --- the series table ------------------------------------------------------------------------ */
+
+static int32_t table_find(const Core *core, const uint8_t *key, size_t len, uint64_t hash) {
+    if (!core->slots_cap) return NO_ID;
+    size_t mask = core->slots_cap - 1;
+    for (size_t at = hash & mask;; at = (at + 1) & mask) {
+        uint32_t value = core->slots[at];
+        if (!value) return NO_ID;
+        const Entry *entry = &core->entries[value - 1];
+        if (entry->hash == hash && entry->key_len == len && memcmp(entry->key, key, len) == 0)
+            return (int32_t)(value - 1);
+    }
+}
+
+static int table_grow(Core *core) {
+    size_t cap = core->slots_cap ? core->slots_cap * 2 : 1024;
+    uint32_t *slots = calloc(cap, sizeof(uint32_t));
+    if (slots == NULL) return -1;
+    for (size_t i = 0; i < core->slots_cap; i++) {
+        uint32_t value = core->slots[i];
+        if (!value) continue;
+        size_t at = core->entries[value - 1].hash & (cap - 1);
+        while (slots[at]) at = (at + 1) & (cap - 1);
+        slots[at] = value;
+    }
+    free(core->slots);
+    core->slots = slots;
+    core->slots_cap = cap;
+    return 0;
+}
+
+static int32_t table_insert(Core *core, const uint8_t *key, size_t len, uint64_t hash) {
+    if ((core->nentries + 1) * 2 > core->slots_cap && table_grow(core) < 0) return -2;
+    uint8_t *copy = malloc(len ? len : 1);
+    if (copy == NULL) return -2;
+    memcpy(copy, key, len);
+    int32_t id;
+    if (core->free_entry != NO_ID) {
+        id = core->free_entry;
+        core->free_entry = core->entries[id].kind;
+    } else {
+        size_t cap = core->entries_cap;
+        if (ep_grow((void **)&core->entries, &cap, core->entries_len + 1, sizeof(Entry)) < 0) {
+            free(copy);
+            return -2;
+        }
+        if (cap != core->entries_cap) {
+            int32_t *inputs = realloc(core->entry_inputs, cap * (size_t)core->nviews * sizeof(int32_t));
+            if (inputs == NULL) {
+                free(copy);
+                return -2;
+            }
+            core->entry_inputs = inputs;
+            if (core->nrules) {
+                int32_t *deps = realloc(core->entry_deps, cap * (size_t)core->nrules * sizeof(int32_t));
+                if (deps == NULL) {
+                    free(copy);
+                    return -2;
+                }
+                core->entry_deps = deps;
+            }
+            core->entries_cap = cap;
+        }
+        id = (int32_t)core->entries_len++;
+    }
+    Entry *entry = &core->entries[id];
+    entry->hash = hash;
+    entry->key = copy;
+    entry->key_len = (uint32_t)len;
+    entry->kind = NO_PLAN;
+    entry->feeds = 0;
+    for (int v = 0; v < core->nviews; v++) core->entry_inputs[(size_t)id * core->nviews + v] = NO_ID;
+    for (int r = 0; r < core->nrules; r++) core->entry_deps[(size_t)id * core->nrules + r] = NO_ID;
+    size_t mask = core->slots_cap - 1;
+    size_t at = hash & mask;
+    while (core->slots[at]) at = (at + 1) & mask;
+    core->slots[at] = (uint32_t)id + 1;
+    core->nentries++;
+    return id;
+}
+
+static void table_remove(Core *core, int32_t id) {
+    size_t mask = core->slots_cap - 1;
+    size_t at = core->entries[id].hash & mask;
+    while (core->slots[at] != (uint32_t)id + 1) at = (at + 1) & mask;
+    size_t hole = at;
+    for (size_t next = (hole + 1) & mask; core->slots[next]; next = (next + 1) & mask) {
+        size_t home = core->entries[core->slots[next] - 1].hash & mask;
+        if (((next - home) & mask) >= ((next - hole) & mask)) {
+            core->slots[hole] = core->slots[next];
+            hole = next;
+        }
+    }
+    core->slots[hole] = 0;
+    Entry *entry = &core->entries[id];
+    free(entry->key);
+    entry->key = NULL;
+    entry->kind = core->free_entry;
+    core->free_entry = id;
+    core->nentries--;
+    core->epoch++;
+}
+
+static int entry_has_inputs(const Core *core, int32_t id) {
+    for (int v = 0; v < core->nviews; v++)
+        if (core->entry_inputs[(size_t)id * core->nviews + v] != NO_ID) return 1;
+    return 0;
+}
+
+/* The entry no longer has a plan; it goes when no view holds an input under its key. */
+static void entry_forget_plan(Core *core, int32_t id) {
+    Entry *entry = &core->entries[id];
+    if (entry->kind == NO_PLAN) return;
+    entry->kind = NO_PLAN;
+    entry->feeds = 0;
+    core->nplans--;
+    core->epoch++;
+    for (int r = 0; r < core->nrules; r++) core->entry_deps[(size_t)id * core->nrules + r] = NO_ID;
+    if (!entry_has_inputs(core, id)) table_remove(core, id);
+}
+
+static int entry_used(const Core *core, size_t id) { return core->entries[id].key != NULL; }
+
+static void forget_input_callback(void *owner, const View *view, int32_t entry) {
+    Core *core = owner;
+    /* Only clears the reference: the caller forgets every plan after such a flush (as the
+     * reference does), which removes the entries left empty. */
+    for (int v = 0; v < core->nviews; v++) {
+        if (core->views[v] == view) {
+            core->entry_inputs[(size_t)entry * core->nviews + v] = NO_ID;
+            return;
+        }
+    }
+}
+
+/* --- argument helpers ------------------------------------------------------------------------ */
+
+static int check_view(Core *core, int view) {
+    if (view < 0 || view >= core->nviews) {
+        PyErr_SetString(PyExc_IndexError, "view index out of range");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_idle(Core *core) {
+    if (core->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "the engine is applying a request");
+        return -1;
+    }
+    return 0;
+}
+
+/* --- Core: construction ---------------------------------------------------------------------- */
+
+static void Core_dealloc(Core *core) {
+    for (int v = 0; v < core->nviews; v++) view_free(core->views[v]);
+    for (size_t i = 0; i < core->entries_len; i++)
+        if (entry_used(core, i)) free(core->entries[i].key);
+    for (size_t i = 0; i < core->nkinds; i++) free(core->kinds[i].slots);
+    free(core->entries);
+    free(core->entry_inputs);
+    free(core->entry_deps);
+    free(core->slots);
+    free(core->kinds);
+    Py_TYPE(core)->tp_free((PyObject *)core);
+}
+
+static int Core_init(Core *core, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"views", "rules", "sweep_ms", NULL};
+    PyObject *views;
+    int rules;
+    long long sweep_ms;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiL", names, &views, &rules, &sweep_ms))
+        return -1;
+    PyObject *sequence = PySequence_Fast(views, "views must be a sequence");
+    if (sequence == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    if (n > MAX_VIEWS || rules < 0) {
+        Py_DECREF(sequence);
+        PyErr_Format(PyExc_ValueError, "the native engine takes at most %d views", MAX_VIEWS);
+        return -1;
+    }
+    core->nviews = 0;
+    core->nrules = rules;
+    core->free_entry = NO_ID;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long interval, lateness, stale_after, retention, idle_flush;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(sequence, i), "LLLLL", &interval,
+                              &lateness, &stale_after, &retention, &idle_flush)) {
+            Py_DECREF(sequence);
+            return -1;
+        }
+        if (interval <= 0) {
+            Py_DECREF(sequence);
+            PyErr_SetString(PyExc_ValueError, "interval must be positive");
+            return -1;
+        }
+        View *view = view_new(interval, lateness, stale_after, retention, idle_flush, sweep_ms);
+        if (view == NULL) {
+            Py_DECREF(sequence);
+            PyErr_NoMemory();
+            return -1;
+        }
+        core->views[core->nviews++] = view;
+    }
+    Py_DECREF(sequence);
+    return 0;
+}
+
+/* --- Core: plans ----------------------------------------------------------------------------- */
+
+static PyObject *Core_add_kind(Core *core, PyObject *args) {
+    PyObject *slots;
+    int conflicts, drop_reason;
+    unsigned int capped;
+    if (!PyArg_ParseTuple(args, "OiiI", &slots, &conflicts, &drop_reason, &capped)) return NULL;
+    if (drop_reason < 0 || drop_reason >= DROP_REASONS) {
+        PyErr_SetString(PyExc_ValueError, "unknown drop reason");
+        return NULL;
+    }
+    PyObject *sequence = PySequence_Fast(slots, "slots must be a sequence");
+    if (sequence == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    int32_t *copy = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    if (copy == NULL || ep_grow((void **)&core->kinds, &core->kinds_cap, core->nkinds + 1,
+                                sizeof(Kind)) < 0) {
+        free(copy);
+        Py_DECREF(sequence);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long slot = PyLong_AsLong(PySequence_Fast_GET_ITEM(sequence, i));
+        if ((slot == -1 && PyErr_Occurred()) || slot < 0 || slot >= 3L * core->nrules) {
+            free(copy);
+            Py_DECREF(sequence);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "lookup slot out of range");
+            return NULL;
+        }
+        copy[i] = (int32_t)slot;
+    }
+    Py_DECREF(sequence);
+    Kind *kind = &core->kinds[core->nkinds];
+    kind->slots = copy;
+    kind->nslots = (uint32_t)n;
+    kind->conflicts = conflicts;
+    kind->drop_reason = drop_reason;
+    kind->capped = capped;
+    return PyLong_FromSize_t(core->nkinds++);
+}
+
+static int32_t entry_for(Core *core, const char *key, Py_ssize_t len, int create) {
+    uint64_t hash = ep_hash((const uint8_t *)key, (size_t)len);
+    int32_t id = table_find(core, (const uint8_t *)key, (size_t)len, hash);
+    if (id == NO_ID && create) {
+        id = table_insert(core, (const uint8_t *)key, (size_t)len, hash);
+        if (id == -2) PyErr_NoMemory();
+    }
+    return id;
+}
+
+static PyObject *Core_attach(Core *core, PyObject *args) {
+    int view;
+    const char *key, *labels;
+    Py_ssize_t key_len, labels_len;
+    int is_counter;
+    if (!PyArg_ParseTuple(args, "iy#y#p", &view, &key, &key_len, &labels, &labels_len,
+                          &is_counter))
+        return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    int32_t entry = entry_for(core, key, key_len, 1);
+    if (entry < 0) return NULL;
+    int32_t *slot = &core->entry_inputs[(size_t)entry * core->nviews + view];
+    uint64_t hash = ep_hash((const uint8_t *)labels, (size_t)labels_len);
+    int32_t input = view_attach(core->views[view], *slot, entry, (const uint8_t *)labels,
+                                (size_t)labels_len, hash, is_counter);
+    if (input < 0) return PyErr_NoMemory();
+    *slot = input;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_admits(Core *core, PyObject *args) {
+    int view;
+    const char *labels;
+    Py_ssize_t len;
+    long long max_series;
+    if (!PyArg_ParseTuple(args, "iy#L", &view, &labels, &len, &max_series)) return NULL;
+    if (check_view(core, view) < 0) return NULL;
+    uint64_t hash = ep_hash((const uint8_t *)labels, (size_t)len);
+    return PyBool_FromLong(view_admits(core->views[view], (const uint8_t *)labels, (size_t)len,
+                                       hash, max_series));
+}
+
+static PyObject *Core_set_plan(Core *core, PyObject *args) {
+    const char *key;
+    Py_ssize_t len;
+    int kind;
+    unsigned int feeds;
+    PyObject *deps;
+    if (!PyArg_ParseTuple(args, "y#iIO", &key, &len, &kind, &feeds, &deps)) return NULL;
+    if (check_idle(core) < 0) return NULL;
+    if (kind < 0 || (size_t)kind >= core->nkinds) {
+        PyErr_SetString(PyExc_ValueError, "unknown plan kind");
+        return NULL;
+    }
+    PyObject *sequence = PySequence_Fast(deps, "deps must be a sequence");
+    if (sequence == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(sequence) != core->nrules) {
+        Py_DECREF(sequence);
+        PyErr_SetString(PyExc_ValueError, "one dependency per rule");
+        return NULL;
+    }
+    int32_t entry = entry_for(core, key, len, 1);
+    if (entry < 0) {
+        Py_DECREF(sequence);
+        return NULL;
+    }
+    for (int v = 0; v < core->nviews; v++) {
+        if ((feeds >> v & 1) && core->entry_inputs[(size_t)entry * core->nviews + v] == NO_ID) {
+            Py_DECREF(sequence);
+            PyErr_SetString(PyExc_ValueError, "a plan feeds a view the series is not attached to");
+            return NULL;
+        }
+    }
+    for (int r = 0; r < core->nrules; r++) {
+        long dep = PyLong_AsLong(PySequence_Fast_GET_ITEM(sequence, r));
+        if (dep == -1 && PyErr_Occurred()) {
+            Py_DECREF(sequence);
+            return NULL;
+        }
+        core->entry_deps[(size_t)entry * core->nrules + r] = (int32_t)dep;
+    }
+    Py_DECREF(sequence);
+    Entry *e = &core->entries[entry];
+    if (e->kind == NO_PLAN) core->nplans++;
+    e->kind = kind;
+    e->feeds = feeds;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_has_plan(Core *core, PyObject *arg) {
+    char *key;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(arg, &key, &len) < 0) return NULL;
+    int32_t entry = entry_for(core, key, len, 0);
+    return PyBool_FromLong(entry >= 0 && core->entries[entry].kind != NO_PLAN);
+}
+
+static PyObject *Core_received(Core *core, PyObject *arg) {
+    char *key;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(arg, &key, &len) < 0) return NULL;
+    return PyBool_FromLong(entry_for(core, key, len, 0) >= 0);
+}
+
+static PyObject *Core_forget_plans(Core *core, PyObject *Py_UNUSED(ignored)) {
+    if (check_idle(core) < 0) return NULL;
+    for (size_t i = 0; i < core->entries_len; i++)
+        if (entry_used(core, i)) entry_forget_plan(core, (int32_t)i);
+    Py_RETURN_NONE;
+}
+
+/* forget_plans_with(rule, dep_ids): the plans that looked up one of these keys of the rule. */
+static PyObject *Core_forget_plans_with(Core *core, PyObject *args) {
+    int rule;
+    PyObject *deps;
+    if (!PyArg_ParseTuple(args, "iO", &rule, &deps)) return NULL;
+    if (check_idle(core) < 0) return NULL;
+    if (rule < 0 || rule >= core->nrules) {
+        PyErr_SetString(PyExc_IndexError, "rule index out of range");
+        return NULL;
+    }
+    PyObject *sequence = PySequence_Fast(deps, "deps must be a sequence");
+    if (sequence == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    long top = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long dep = PyLong_AsLong(PySequence_Fast_GET_ITEM(sequence, i));
+        if (dep < 0) {
+            Py_DECREF(sequence);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "negative dependency");
+            return NULL;
+        }
+        if (dep > top) top = dep;
+    }
+    uint8_t *changed = calloc((size_t)top + 2, 1);
+    if (changed == NULL) {
+        Py_DECREF(sequence);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) changed[PyLong_AsLong(PySequence_Fast_GET_ITEM(sequence, i))] = 1;
+    Py_DECREF(sequence);
+    for (size_t i = 0; i < core->entries_len; i++) {
+        if (!entry_used(core, i) || core->entries[i].kind == NO_PLAN) continue;
+        int32_t dep = core->entry_deps[i * core->nrules + rule];
+        if (dep >= 0 && dep <= top && changed[dep]) entry_forget_plan(core, (int32_t)i);
+    }
+    free(changed);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_forget_capped(Core *core, PyObject *Py_UNUSED(ignored)) {
+    if (check_idle(core) < 0) return NULL;
+    for (size_t i = 0; i < core->entries_len; i++) {
+        if (!entry_used(core, i) || core->entries[i].kind == NO_PLAN) continue;
+        if (core->kinds[core->entries[i].kind].capped) entry_forget_plan(core, (int32_t)i);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_get_cached_series(Core *core, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t(core->nplans);
+}
+
+static PyObject *Core_get_entries(Core *core, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t(core->nentries);
+}
+
+/* --- Core: requests -------------------------------------------------------------------------- */
+
+static PyObject *Core_scan(Core *core, PyObject *arg) {
+    (void)core;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "scan takes bytes");
+        return NULL;
+    }
+    Request *request = PyObject_New(Request, &RequestType);
+    if (request == NULL) return NULL;
+    memset(&request->batch, 0, sizeof request->batch);
+    Py_INCREF(arg);
+    request->buffer = arg;
+    request->epoch = 0;
+    request->resolved = 0;
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(arg);
+    size_t len = (size_t)PyBytes_GET_SIZE(arg);
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = wire_decode(buf, len, &request->batch);
+    if (status == 0) {
+        for (size_t i = 0; i < request->batch.nseries; i++) {
+            SeriesRef *ref = &request->batch.series[i];
+            ref->hash = ep_hash(series_labels(&request->batch, buf, ref), ref->labels_len);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (status == -2) {
+        Py_DECREF(request);
+        return PyErr_NoMemory();
+    }
+    if (status < 0) {
+        PyErr_SetString(WireError, request->batch.error);
+        Py_DECREF(request);
+        return NULL;
+    }
+    return (PyObject *)request;
+}
+
+/* Find every series of the request in the table; the number without a plan. */
+static size_t resolve(Core *core, Request *request) {
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    size_t unplanned = 0;
+    for (size_t i = 0; i < request->batch.nseries; i++) {
+        SeriesRef *ref = &request->batch.series[i];
+        ref->entry = table_find(core, series_labels(&request->batch, buf, ref), ref->labels_len,
+                                ref->hash);
+        if (ref->entry == NO_ID || core->entries[ref->entry].kind == NO_PLAN) unplanned++;
+    }
+    request->epoch = core->epoch;
+    request->resolved = 1;
+    return unplanned;
+}
+
+static PyObject *Core_misses(Core *core, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &RequestType)) {
+        PyErr_SetString(PyExc_TypeError, "misses takes a request from scan");
+        return NULL;
+    }
+    Request *request = (Request *)arg;
+    resolve(core, request);
+    PyObject *misses = PyList_New(0);
+    if (misses == NULL) return NULL;
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    for (size_t i = 0; i < request->batch.nseries; i++) {
+        SeriesRef *ref = &request->batch.series[i];
+        if (ref->entry != NO_ID && core->entries[ref->entry].kind != NO_PLAN) continue;
+        PyObject *key = PyBytes_FromStringAndSize(
+            (const char *)series_labels(&request->batch, buf, ref), ref->labels_len);
+        if (key == NULL || PyList_Append(misses, key) < 0) {
+            Py_XDECREF(key);
+            Py_DECREF(misses);
+            return NULL;
+        }
+        Py_DECREF(key);
+    }
+    return misses;
+}
+
+typedef struct {
+    int64_t samples;
+    int64_t conflicts;
+    int64_t dropped[DROP_REASONS];
+    uint32_t dropped_seen; /* bit r: a series counted into reason r (even zero samples) */
+    int64_t capped[MAX_VIEWS];
+    uint32_t capped_seen;
+} Tally;
+
+static void apply_series(Core *core, const Batch *batch, int64_t *lookups, Tally *tally,
+                         int64_t future_limit) {
+    int nviews = core->nviews;
+    for (size_t i = 0; i < batch->nseries; i++) {
+        const SeriesRef *ref = &batch->series[i];
+        const Entry *entry = &core->entries[ref->entry];
+        const Kind *kind = &core->kinds[entry->kind];
+        for (uint32_t s = 0; s < kind->nslots; s++) lookups[kind->slots[s]]++;
+        tally->conflicts += kind->conflicts;
+        int64_t count = ref->samples;
+        tally->samples += count;
+        if (kind->capped) {
+            for (int v = 0; v < nviews; v++) {
+                if (kind->capped >> v & 1) {
+                    tally->capped[v] += count;
+                    tally->capped_seen |= 1u << v;
+                }
+            }
+        }
+        uint32_t feeds = entry->feeds;
+        if (!feeds) {
+            tally->dropped[kind->drop_reason] += count;
+            tally->dropped_seen |= 1u << kind->drop_reason;
+            continue;
+        }
+        const int32_t *inputs = &core->entry_inputs[(size_t)ref->entry * nviews];
+        const Sample *sample = &batch->samples[ref->first_sample];
+        for (uint32_t k = 0; k < ref->samples; k++, sample++) {
+            double value = sample->value;
+            if (sample->timestamp_ms > future_limit) {
+                tally->dropped[DROP_FUTURE]++;
+                tally->dropped_seen |= 1u << DROP_FUTURE;
+            } else if (value == value) {
+                for (int v = 0; v < nviews; v++)
+                    if (feeds >> v & 1) view_observe(core->views[v], inputs[v], sample->timestamp_ms, value);
+            } else if (ep_bits(value) == EP_STALE_BITS) {
+                for (int v = 0; v < nviews; v++)
+                    if (feeds >> v & 1) view_end(core->views[v], inputs[v], sample->timestamp_ms);
+            } else {
+                tally->dropped[DROP_NAN]++;
+                tally->dropped_seen |= 1u << DROP_NAN;
+            }
+        }
+    }
+}
+
+static PyObject *int64_list(const int64_t *values, size_t n) {
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (list == NULL) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *item = PyLong_FromLongLong(values[i]);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
+/* apply(request, future_limit_ms): every sample of a fully planned request. Returns None when
+ * some series has no plan (plans were forgotten since misses(): plan them and call again), else
+ * (samples, conflicts, lookups[3*rules], dropped[reasons], dropped_seen, capped[views],
+ * capped_seen, late[views], out_of_order[views]). */
+static PyObject *Core_apply(Core *core, PyObject *args) {
+    PyObject *arg;
+    long long future_limit;
+    if (!PyArg_ParseTuple(args, "O!L", &RequestType, &arg, &future_limit)) return NULL;
+    if (check_idle(core) < 0) return NULL;
+    Request *request = (Request *)arg;
+    if (!request->resolved || request->epoch != core->epoch) {
+        if (resolve(core, request)) Py_RETURN_NONE;
+    } else {
+        for (size_t i = 0; i < request->batch.nseries; i++) {
+            int32_t entry = request->batch.series[i].entry;
+            if (entry == NO_ID || core->entries[entry].kind == NO_PLAN) {
+                if (resolve(core, request)) Py_RETURN_NONE;
+                break;
+            }
+        }
+    }
+    size_t nlookups = 3 * (size_t)core->nrules;
+    int64_t *lookups = calloc(nlookups + 1, sizeof(int64_t));
+    if (lookups == NULL) return PyErr_NoMemory();
+    Tally tally;
+    memset(&tally, 0, sizeof tally);
+    int64_t late_before[MAX_VIEWS], ooo_before[MAX_VIEWS], late[MAX_VIEWS], ooo[MAX_VIEWS];
+    for (int v = 0; v < core->nviews; v++) {
+        late_before[v] = core->views[v]->late_samples;
+        ooo_before[v] = core->views[v]->out_of_order_samples;
+    }
+    core->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    apply_series(core, &request->batch, lookups, &tally, future_limit);
+    Py_END_ALLOW_THREADS
+    core->busy = 0;
+    for (int v = 0; v < core->nviews; v++) {
+        late[v] = core->views[v]->late_samples - late_before[v];
+        ooo[v] = core->views[v]->out_of_order_samples - ooo_before[v];
+    }
+    PyObject *result = Py_BuildValue(
+        "LLNNINkNN", (long long)tally.samples, (long long)tally.conflicts,
+        int64_list(lookups, nlookups), int64_list(tally.dropped, DROP_REASONS),
+        (unsigned int)tally.dropped_seen, int64_list(tally.capped, (size_t)core->nviews),
+        (unsigned long)tally.capped_seen, int64_list(late, (size_t)core->nviews),
+        int64_list(ooo, (size_t)core->nviews));
+    free(lookups);
+    return result;
+}
+
+/* --- Core: flush and view state -------------------------------------------------------------- */
+
+static PyObject *Core_flush(Core *core, PyObject *args) {
+    int view;
+    long long now_ms;
+    int final;
+    if (!PyArg_ParseTuple(args, "iLp", &view, &now_ms, &final)) return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    View *state = core->views[view];
+    Outputs out = {NULL, 0, 0};
+    if (view_flush(state, now_ms, final, &out, core, forget_input_callback) < 0) {
+        free(out.samples);
+        return PyErr_NoMemory();
+    }
+    PyObject *list = PyList_New((Py_ssize_t)out.n);
+    if (list == NULL) {
+        free(out.samples);
+        return NULL;
+    }
+    for (size_t i = 0; i < out.n; i++) {
+        const Group *group = &state->groups[out.samples[i].group];
+        PyObject *item = Py_BuildValue("(y#Ld)", (const char *)group->labels,
+                                       (Py_ssize_t)group->labels_len,
+                                       (long long)out.samples[i].timestamp_ms, out.samples[i].value);
+        if (item == NULL) {
+            Py_DECREF(list);
+            free(out.samples);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    free(out.samples);
+    return list;
+}
+
+/* (groups, inputs, open windows, max_timestamp_ms, closed_window, late, out_of_order,
+ *  forgotten_inputs, forgotten_groups) */
+static PyObject *Core_view_stats(Core *core, PyObject *args) {
+    int view;
+    if (!PyArg_ParseTuple(args, "i", &view)) return NULL;
+    if (check_view(core, view) < 0) return NULL;
+    const View *s = core->views[view];
+    return Py_BuildValue("nnnLLLLLL", (Py_ssize_t)s->ngroups, (Py_ssize_t)s->live_inputs,
+                         (Py_ssize_t)s->nwindows, (long long)s->max_timestamp_ms,
+                         (long long)s->closed_window, (long long)s->late_samples,
+                         (long long)s->out_of_order_samples, (long long)s->forgotten_inputs,
+                         (long long)s->forgotten_groups);
+}
+
+static PyObject *Core_mark_emitted_through(Core *core, PyObject *args) {
+    int view;
+    long long timestamp_ms;
+    if (!PyArg_ParseTuple(args, "iL", &view, &timestamp_ms)) return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    view_mark_emitted_through(core->views[view], timestamp_ms);
+    Py_RETURN_NONE;
+}
+
+static PyObject *input_state(const View *view, int32_t id, PyObject *departed_index) {
+    const Input *input = &view->inputs[id];
+    PyObject *pending = PyList_New(input->count);
+    if (pending == NULL) return NULL;
+    for (uint32_t i = 0; i < input->count; i++) {
+        PyObject *entry = Py_BuildValue("[LdO]", (long long)input->pending[i].window,
+                                        input->pending[i].contribution,
+                                        input->pending[i].live ? Py_True : Py_False);
+        if (entry == NULL) {
+            Py_DECREF(pending);
+            return NULL;
+        }
+        PyList_SET_ITEM(pending, i, entry);
+    }
+    PyObject *predecessor = Py_None;
+    int32_t pred = input_predecessor(view, input);
+    if (pred != NO_ID) {
+        PyObject *key = PyLong_FromLong(pred);
+        if (key == NULL) {
+            Py_DECREF(pending);
+            return NULL;
+        }
+        predecessor = PyDict_GetItemWithError(departed_index, key);
+        Py_DECREF(key);
+        if (predecessor == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(pending);
+                return NULL;
+            }
+            predecessor = Py_None;
+        }
+    }
+    PyObject *last_value = (input->flags & INPUT_HAS_VALUE) ? PyFloat_FromDouble(input->last_value)
+                                                            : Py_NewRef(Py_None);
+    if (last_value == NULL) {
+        Py_DECREF(pending);
+        return NULL;
+    }
+    return Py_BuildValue("{s:O,s:L,s:N,s:d,s:O,s:N,s:[dO],s:O}", "counter",
+                         (input->flags & INPUT_COUNTER) ? Py_True : Py_False, "last_seen_ms",
+                         (long long)input->last_seen_ms, "last_value", last_value, "offset",
+                         input->offset, "live", (input->flags & INPUT_LIVE) ? Py_True : Py_False,
+                         "pending", pending, "closed", input->closed_contribution,
+                         (input->flags & INPUT_CLOSED_LIVE) ? Py_True : Py_False, "predecessor",
+                         predecessor);
+}
+
+/* export_view(view) -> (closed_window, max_timestamp_ms, [(labels, retired, emitted_live,
+ * open_windows, [(key, state)], [state])]) in the reference's orders; states as the reference's
+ * aggregation_state writes them. */
+static PyObject *Core_export_view(Core *core, PyObject *args) {
+    int view;
+    if (!PyArg_ParseTuple(args, "i", &view)) return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    const View *s = core->views[view];
+    PyObject *departed_index = PyDict_New();
+    PyObject *groups = PyList_New(0);
+    if (departed_index == NULL || groups == NULL) goto fail;
+    Py_ssize_t group_index = 0;
+    for (size_t pos = 0; pos < s->group_order_len; pos++) {
+        int32_t id = s->group_order[pos];
+        if (id == NO_ID) continue;
+        const Group *group = &s->groups[id];
+        for (size_t d = 0; d < group->ndeparted; d++) {
+            PyObject *key = PyLong_FromLong(group->departed[d]);
+            PyObject *where = Py_BuildValue("[nn]", group_index, (Py_ssize_t)d);
+            int failed = key == NULL || where == NULL ||
+                         PyDict_SetItem(departed_index, key, where) < 0;
+            Py_XDECREF(key);
+            Py_XDECREF(where);
+            if (failed) goto fail;
+        }
+        group_index++;
+    }
+    for (size_t pos = 0; pos < s->group_order_len; pos++) {
+        int32_t id = s->group_order[pos];
+        if (id == NO_ID) continue;
+        const Group *group = &s->groups[id];
+        PyObject *windows = PyList_New(0);
+        PyObject *inputs = PyList_New((Py_ssize_t)group->ninputs);
+        PyObject *departed = PyList_New((Py_ssize_t)group->ndeparted);
+        PyObject *item = NULL;
+        if (windows == NULL || inputs == NULL || departed == NULL) goto fail_group;
+        for (size_t w = 0; w < s->nwindows; w++) {
+            const OpenWindow *window = &s->windows[w];
+            size_t word = (size_t)id / 64;
+            if (word < window->bits_words && (window->bits[word] >> (id % 64) & 1)) {
+                PyObject *number = PyLong_FromLongLong(window->window);
+                if (number == NULL || PyList_Append(windows, number) < 0) {
+                    Py_XDECREF(number);
+                    goto fail_group;
+                }
+                Py_DECREF(number);
+            }
+        }
+        if (PyList_Sort(windows) < 0) goto fail_group;
+        for (size_t i = 0; i < group->ninputs; i++) {
+            int32_t input = group->inputs[i];
+            const Entry *entry = &core->entries[s->inputs[input].entry];
+            PyObject *state = input_state(s, input, departed_index);
+            PyObject *pair = state == NULL ? NULL
+                                           : Py_BuildValue("(y#N)", (const char *)entry->key,
+                                                           (Py_ssize_t)entry->key_len, state);
+            if (pair == NULL) goto fail_group;
+            PyList_SET_ITEM(inputs, (Py_ssize_t)i, pair);
+        }
+        for (size_t d = 0; d < group->ndeparted; d++) {
+            PyObject *state = input_state(s, group->departed[d], departed_index);
+            if (state == NULL) goto fail_group;
+            PyList_SET_ITEM(departed, (Py_ssize_t)d, state);
+        }
+        item = Py_BuildValue("(y#dONNN)", (const char *)group->labels,
+                             (Py_ssize_t)group->labels_len, group->retired,
+                             group->emitted_live ? Py_True : Py_False, windows, inputs, departed);
+        if (item == NULL || PyList_Append(groups, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+        continue;
+    fail_group:
+        Py_XDECREF(windows);
+        Py_XDECREF(inputs);
+        Py_XDECREF(departed);
+        goto fail;
+    }
+    Py_DECREF(departed_index);
+    return Py_BuildValue("(LLN)", (long long)s->closed_window, (long long)s->max_timestamp_ms,
+                         groups);
+fail:
+    Py_XDECREF(departed_index);
+    Py_XDECREF(groups);
+    return NULL;
+}
+
+/* --- restore: the primitives enrichproxy.engine.native drives -------------------------------- */
+
+static PyObject *Core_restore_view(Core *core, PyObject *args) {
+    int view;
+    long long closed_window, max_timestamp_ms;
+    if (!PyArg_ParseTuple(args, "iLL", &view, &closed_window, &max_timestamp_ms)) return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    View *s = core->views[view];
+    if (s->ngroups || s->live_inputs) {
+        PyErr_SetString(PyExc_ValueError, "restore_state needs an aggregator that has seen nothing yet");
+        return NULL;
+    }
+    s->closed_window = closed_window;
+    s->max_timestamp_ms = max_timestamp_ms;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_restore_group(Core *core, PyObject *args) {
+    int view, emitted_live;
+    const char *labels;
+    Py_ssize_t len;
+    double retired;
+    PyObject *windows;
+    if (!PyArg_ParseTuple(args, "iy#dpO", &view, &labels, &len, &retired, &emitted_live, &windows))
+        return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    View *s = core->views[view];
+    uint64_t hash = ep_hash((const uint8_t *)labels, (size_t)len);
+    int32_t id = view_find_group(s, (const uint8_t *)labels, (size_t)len, hash);
+    if (id == NO_ID) id = view_new_group(s, (const uint8_t *)labels, (size_t)len, hash);
+    if (id < 0) return PyErr_NoMemory();
+    s->groups[id].retired = retired;
+    s->groups[id].emitted_live = (uint8_t)emitted_live;
+    PyObject *sequence = PySequence_Fast(windows, "open windows must be a sequence");
+    if (sequence == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(sequence); i++) {
+        long long window = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sequence, i));
+        if ((window == -1 && PyErr_Occurred()) || view_touch(s, window, id) < 0) {
+            Py_DECREF(sequence);
+            if (!PyErr_Occurred()) PyErr_NoMemory();
+            return NULL;
+        }
+    }
+    Py_DECREF(sequence);
+    return PyLong_FromLong(id);
+}
+
+/* restore_input(view, group, key or None, counter, last_seen_ms, last_value or None, offset,
+ * live, pending [(window, contribution, live)], closed_contribution, closed_live) -> input id.
+ * With a key the input joins the group's inputs; with None it is departed from the group. */
+static PyObject *Core_restore_input(Core *core, PyObject *args) {
+    int view, group, counter, live, closed_live;
+    PyObject *key, *last_value, *pending;
+    long long last_seen_ms;
+    double offset, closed_contribution;
+    if (!PyArg_ParseTuple(args, "iiOpLOdpOdp", &view, &group, &key, &counter, &last_seen_ms,
+                          &last_value, &offset, &live, &pending, &closed_contribution,
+                          &closed_live))
+        return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    View *s = core->views[view];
+    if (group < 0 || (size_t)group >= s->groups_len || !s->groups[group].used) {
+        PyErr_SetString(PyExc_IndexError, "unknown group");
+        return NULL;
+    }
+    int32_t id = view_new_input(s, group, counter);
+    if (id < 0) return PyErr_NoMemory();
+    Input *input = &s->inputs[id];
+    input->last_seen_ms = last_seen_ms;
+    if (last_value != Py_None) {
+        double value = PyFloat_AsDouble(last_value);
+        if (value == -1.0 && PyErr_Occurred()) goto fail;
+        input->last_value = value;
+        input->flags |= INPUT_HAS_VALUE;
+    }
+    input->offset = offset;
+    if (live) input->flags |= INPUT_LIVE;
+    input->closed_contribution = closed_contribution;
+    if (closed_live) input->flags |= INPUT_CLOSED_LIVE;
+    PyObject *sequence = PySequence_Fast(pending, "pending must be a sequence");
+    if (sequence == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(sequence); i++) {
+        long long window;
+        double contribution;
+        int entry_live;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(sequence, i), "Ldp", &window,
+                              &contribution, &entry_live) ||
+            input_push_pending(s, id, window, contribution, entry_live) < 0) {
+            Py_DECREF(sequence);
+            if (!PyErr_Occurred()) PyErr_NoMemory();
+            goto fail;
+        }
+    }
+    Py_DECREF(sequence);
+    if (key == Py_None) {
+        if (view_add_departed(s, group, id) < 0) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+    } else {
+        char *bytes;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(key, &bytes, &len) < 0) goto fail;
+        int32_t entry = entry_for(core, bytes, len, 1);
+        if (entry < 0) goto fail;
+        int32_t *slot = &core->entry_inputs[(size_t)entry * core->nviews + view];
+        if (*slot != NO_ID) {
+            PyErr_SetString(PyExc_ValueError, "an input is restored twice");
+            goto fail;
+        }
+        if (view_map_input(s, group, id, entry) < 0) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        *slot = id;
+    }
+    return PyLong_FromLong(id);
+fail:
+    s->inputs[id].flags = 0; /* left unreachable: restore failures abandon the engine */
+    return NULL;
+}
+
+static PyObject *Core_restore_predecessor(Core *core, PyObject *args) {
+    int view, input, predecessor;
+    if (!PyArg_ParseTuple(args, "iii", &view, &input, &predecessor)) return NULL;
+    if (check_view(core, view) < 0) return NULL;
+    View *s = core->views[view];
+    if (input < 0 || predecessor < 0 || (size_t)input >= s->inputs_len ||
+        (size_t)predecessor >= s->inputs_len) {
+        PyErr_SetString(PyExc_IndexError, "unknown input");
+        return NULL;
+    }
+    s->inputs[input].predecessor = predecessor;
+    s->inputs[input].predecessor_generation = s->inputs[predecessor].generation;
+    Py_RETURN_NONE;
+}
+
+/* --- explain --------------------------------------------------------------------------------- */
+
+/* group_state(view, labels) -> (value, inputs, live_inputs, retired) or None */
+static PyObject *Core_group_state(Core *core, PyObject *args) {
+    int view;
+    const char *labels;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "iy#", &view, &labels, &len)) return NULL;
+    if (check_view(core, view) < 0) return NULL;
+    View *s = core->views[view];
+    int32_t id = view_find_group(s, (const uint8_t *)labels, (size_t)len,
+                                 ep_hash((const uint8_t *)labels, (size_t)len));
+    if (id == NO_ID) Py_RETURN_NONE;
+    const Group *group = &s->groups[id];
+    size_t n = 1 + group->ninputs + group->ndeparted, live = 0;
+    double *parts = malloc(n * sizeof(double));
+    if (parts == NULL) return PyErr_NoMemory();
+    size_t k = 0;
+    parts[k++] = group->retired;
+    for (size_t i = 0; i < group->ninputs; i++) {
+        const Input *input = &s->inputs[group->inputs[i]];
+        parts[k++] = input_contribution(input);
+        live += (input->flags & INPUT_LIVE) != 0;
+    }
+    for (size_t i = 0; i < group->ndeparted; i++)
+        parts[k++] = input_contribution(&s->inputs[group->departed[i]]);
+    double value = ep_exact_sum(parts, k);
+    free(parts);
+    return Py_BuildValue("(dnnd)", value, (Py_ssize_t)group->ninputs, (Py_ssize_t)live,
+                         group->retired);
+}
+
+/* input_state(view, key) -> (group labels, contribution) or None */
+static PyObject *Core_input_state(Core *core, PyObject *args) {
+    int view;
+    const char *key;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "iy#", &view, &key, &len)) return NULL;
+    if (check_view(core, view) < 0) return NULL;
+    int32_t entry = entry_for(core, key, len, 0);
+    if (entry < 0) Py_RETURN_NONE;
+    int32_t input = core->entry_inputs[(size_t)entry * core->nviews + view];
+    if (input == NO_ID) Py_RETURN_NONE;
+    const View *s = core->views[view];
+    const Group *group = &s->groups[s->inputs[input].group];
+    return Py_BuildValue("(y#d)", (const char *)group->labels, (Py_ssize_t)group->labels_len,
+                         input_contribution(&s->inputs[input]));
+}
+
+/* --- reconfiguration ------------------------------------------------------------------------- */
+
+/* adopt_view(index, previous_core, previous_index): move a view with its whole state from the
+ * previous core (which must not be used afterwards) into this fresh one. */
+static PyObject *Core_adopt_view(Core *core, PyObject *args) {
+    int index, previous_index;
+    PyObject *other;
+    if (!PyArg_ParseTuple(args, "iO!i", &index, Py_TYPE(core), &other, &previous_index)) return NULL;
+    Core *previous = (Core *)other;
+    if (check_view(core, index) < 0 || check_view(previous, previous_index) < 0) return NULL;
+    if (check_idle(core) < 0 || check_idle(previous) < 0) return NULL;
+    View *moved = previous->views[previous_index];
+    View *fresh = core->views[index];
+    if (fresh->ngroups || fresh->live_inputs) {
+        PyErr_SetString(PyExc_ValueError, "adopt_view needs a view that has seen nothing yet");
+        return NULL;
+    }
+    for (size_t pos = 0; pos < moved->order_len; pos++) {
+        int32_t id = moved->order[pos];
+        if (id == NO_ID) continue;
+        Input *input = &moved->inputs[id];
+        const Entry *old = &previous->entries[input->entry];
+        int32_t entry = entry_for(core, (const char *)old->key, old->key_len, 1);
+        if (entry < 0) return NULL;
+        core->entry_inputs[(size_t)entry * core->nviews + index] = id;
+        input->entry = entry;
+    }
+    /* The previous core keeps a fresh empty view so that it can still be freed safely. */
+    previous->views[previous_index] = fresh;
+    for (size_t i = 0; i < previous->entries_len; i++)
+        if (entry_used(previous, i))
+            previous->entry_inputs[i * previous->nviews + previous_index] = NO_ID;
+    core->views[index] = moved;
+    Py_RETURN_NONE;
+}
+
+/* --- type objects ---------------------------------------------------------------------------- */
+
+static PyMethodDef Core_methods[] = {
+    {"add_kind", (PyCFunction)Core_add_kind, METH_VARARGS, NULL},
+    {"attach", (PyCFunction)Core_attach, METH_VARARGS, NULL},
+    {"admits", (PyCFunction)Core_admits, METH_VARARGS, NULL},
+    {"set_plan", (PyCFunction)Core_set_plan, METH_VARARGS, NULL},
+    {"has_plan", (PyCFunction)Core_has_plan, METH_O, NULL},
+    {"received", (PyCFunction)Core_received, METH_O, NULL},
+    {"forget_plans", (PyCFunction)Core_forget_plans, METH_NOARGS, NULL},
+    {"forget_plans_with", (PyCFunction)Core_forget_plans_with, METH_VARARGS, NULL},
+    {"forget_capped", (PyCFunction)Core_forget_capped, METH_NOARGS, NULL},
+    {"scan", (PyCFunction)Core_scan, METH_O, NULL},
+    {"misses", (PyCFunction)Core_misses, METH_O, NULL},
+    {"apply", (PyCFunction)Core_apply, METH_VARARGS, NULL},
+    {"flush", (PyCFunction)Core_flush, METH_VARARGS, NULL},
+    {"view_stats", (PyCFunction)Core_view_stats, METH_VARARGS, NULL},
+    {"mark_emitted_through", (PyCFunction)Core_mark_emitted_through, METH_VARARGS, NULL},
+    {"export_view", (PyCFunction)Core_export_view, METH_VARARGS, NULL},
+    {"restore_view", (PyCFunction)Core_restore_view, METH_VARARGS, NULL},
+    {"restore_group", (PyCFunction)Core_restore_group, METH_VARARGS, NULL},
+    {"restore_input", (PyCFunction)Core_restore_input, METH_VARARGS, NULL},
+    {"restore_predecessor", (PyCFunction)Core_restore_predecessor, METH_VARARGS, NULL},
+    {"group_state", (PyCFunction)Core_group_state, METH_VARARGS, NULL},
+    {"input_state", (PyCFunction)Core_input_state, METH_VARARGS, NULL},
+    {"adopt_view", (PyCFunction)Core_adopt_view, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"cached_series", (getter)Core_get_cached_series, NULL, NULL, NULL},
+    {"entries", (getter)Core_get_entries, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "enrichproxy.engine._native.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+};
+
+static void Request_dealloc(Request *request) {
+    batch_free(&request->batch);
+    Py_XDECREF(request->buffer);
+    PyObject_Free(request);
+}
+
+static PyObject *Request_metadata(Request *request, PyObject *Py_UNUSED(ignored)) {
+    PyObject *list = PyList_New((Py_ssize_t)request->batch.nmetadata);
+    if (list == NULL) return NULL;
+    for (size_t i = 0; i < request->batch.nmetadata; i++) {
+        PyObject *span = Py_BuildValue("(nn)", (Py_ssize_t)request->batch.metadata[i].start,
+                                       (Py_ssize_t)request->batch.metadata[i].stop);
+        if (span == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, span);
+    }
+    return list;
+}
+
+/* series() -> [(label bytes, [(timestamp, value)])]: the decoded request as Python values, for
+ * tests and the fuzzer (the engine itself never builds them). */
+static PyObject *Request_series(Request *request, PyObject *Py_UNUSED(ignored)) {
+    const Batch *batch = &request->batch;
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    PyObject *list = PyList_New((Py_ssize_t)batch->nseries);
+    if (list == NULL) return NULL;
+    for (size_t i = 0; i < batch->nseries; i++) {
+        const SeriesRef *ref = &batch->series[i];
+        PyObject *samples = PyList_New(ref->samples);
+        if (samples == NULL) goto fail;
+        for (uint32_t k = 0; k < ref->samples; k++) {
+            const Sample *sample = &batch->samples[ref->first_sample + k];
+            PyObject *pair = Py_BuildValue("(Ld)", (long long)sample->timestamp_ms, sample->value);
+            if (pair == NULL) {
+                Py_DECREF(samples);
+                goto fail;
+            }
+            PyList_SET_ITEM(samples, k, pair);
+        }
+        PyObject *item = Py_BuildValue("(y#N)", (const char *)series_labels(batch, buf, ref),
+                                       (Py_ssize_t)ref->labels_len, samples);
+        if (item == NULL) goto fail;
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+fail:
+    Py_DECREF(list);
+    return NULL;
+}
+
+static PyObject *Request_get_series_count(Request *request, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t(request->batch.nseries);
+}
+static PyObject *Request_get_exemplars(Request *request, void *Py_UNUSED(closure)) {
+    return PyLong_FromLongLong(request->batch.exemplars);
+}
+static PyObject *Request_get_histograms(Request *request, void *Py_UNUSED(closure)) {
+    return PyLong_FromLongLong(request->batch.histograms);
+}
+static PyObject *Request_get_buffer(Request *request, void *Py_UNUSED(closure)) {
+    return Py_NewRef(request->buffer);
+}
+
+static PyMethodDef Request_methods[] = {
+    {"metadata", (PyCFunction)Request_metadata, METH_NOARGS, NULL},
+    {"series", (PyCFunction)Request_series, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Request_getset[] = {
+    {"series_count", (getter)Request_get_series_count, NULL, NULL, NULL},
+    {"exemplars", (getter)Request_get_exemplars, NULL, NULL, NULL},
+    {"histograms", (getter)Request_get_histograms, NULL, NULL, NULL},
+    {"buffer", (getter)Request_get_buffer, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RequestType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "enrichproxy.engine._native.Request",
+    .tp_basicsize = sizeof(Request),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Request_dealloc,
+    .tp_methods = Request_methods,
+    .tp_getset = Request_getset,
+};
+
+/* --- module ---------------------------------------------------------------------------------- */
+
+static PyObject *module_seed(PyObject *Py_UNUSED(module), PyObject *arg) {
+    char *bytes;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(arg, &bytes, &len) < 0) return NULL;
+    if (len != 16) {
+        PyErr_SetString(PyExc_ValueError, "the hash key is 16 bytes");
+        return NULL;
+    }
+    ep_hash_seed((const uint8_t *)bytes);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"seed", module_seed, METH_O,
+     "Set the process's hash key (16 bytes); call once, before any Core is made."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "enrichproxy.engine._native",
+    "The native engine's hot path (see enrichproxy.engine.native).", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&RequestType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    WireError = PyErr_NewException("enrichproxy.engine._native.WireError", PyExc_ValueError, NULL);
+    if (WireError == NULL || PyModule_AddObjectRef(m, "WireError", WireError) < 0 ||
+        PyModule_AddObjectRef(m, "Core", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObjectRef(m, "Request", (PyObject *)&RequestType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

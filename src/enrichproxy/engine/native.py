@@ -1,0 +1,450 @@
+"""The native engine: the Python reference engine's behaviour, with its hot path in C.
+
+The C extension (``enrichproxy.engine._native``, sources in ``_native_src/``) holds the series
+table, the per-series plans and every view's aggregation state in arrays of structs, and runs
+decode → lookup → observe → flush without a Python object per series or per sample. What stays
+here is the cold path, shared with the reference through the Planner: the first sight of a
+series (label decoding, joins, projection, the counter/gauge decision) and everything that is
+rare (metadata and type changes, export/restore of state, reconfiguration, explain).
+
+A plan is registered with the core in three parts: a *kind* (lookup slots, label conflicts, drop
+reason, capped views; shared by many series, so registered once), the views it feeds (the
+inputs the core attached), and the metadata keys it depends on (as small integers, so that a
+table change forgets only the plans that looked up a changed key).
+
+The tests run the whole suite against both engines and compare them sample for sample
+(tests/test_engine_differential.py); where they could differ, this module copies the reference
+line by line and says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+
+from enrichproxy.config.schema import Config
+from enrichproxy.engine import _native
+from enrichproxy.engine.aggregation import EXPIRY_SWEEP_MS
+from enrichproxy.engine.aggregation_state import STATE_FORMAT, StateMismatch
+from enrichproxy.engine.enrich import Lookup
+from enrichproxy.engine.interface import (
+    EngineStats,
+    GroupState,
+    IngestResult,
+    InputState,
+    Reconfiguration,
+    ViewOutput,
+    ViewStats,
+)
+from enrichproxy.engine.limits import check_labels, check_series_count
+from enrichproxy.engine.pipeline import (
+    DROP_CARDINALITY_LIMIT,
+    DROP_FUTURE,
+    DROP_IN_NO_VIEW,
+    DROP_METADATA_MISSING,
+    DROP_NAN,
+    DROP_NATIVE_HISTOGRAM,
+    DROP_NO_METRIC_NAME,
+    MAX_CACHED_SERIES,
+    MAX_FUTURE_MS,
+    view_definition,
+)
+from enrichproxy.engine.planner import Planner
+from enrichproxy.engine.views import Skip
+from enrichproxy.errors import DecodeError
+from enrichproxy.metadata.table import Key, MetadataTable
+from enrichproxy.model import METRIC_NAME_LABEL, Labels, MetricMetadata, OutputSample
+from enrichproxy.wire.codec import decode_labels, decode_metadata, decompress, encode_labels
+
+# Numbered as the core counts them (core.c's DROP_* constants).
+DROP_REASONS = (
+    DROP_METADATA_MISSING,
+    DROP_NO_METRIC_NAME,
+    DROP_IN_NO_VIEW,
+    DROP_FUTURE,
+    DROP_NAN,
+    DROP_NATIVE_HISTOGRAM,
+    Skip.UNSUMMABLE.value,
+    DROP_CARDINALITY_LIMIT,
+)
+_REASON_NUMBER = {reason: number for number, reason in enumerate(DROP_REASONS)}
+NO_DEPENDENCY = -1
+
+# One key per process: nobody outside can predict which label sets collide in the tables.
+_native.seed(os.urandom(16))
+
+KindKey = tuple[tuple[int, ...], int, int, int]
+
+
+class NativeEngine:
+    """The Engine interface over the C core; see the module docstring."""
+
+    name = "native"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.planner = Planner(config)
+        self._core = _native.Core(
+            [
+                (s.interval_ms, s.lateness_ms, s.stale_after_ms, s.retention_ms, s.idle_flush_ms)
+                for s in (view.settings for view in self.planner.views)
+            ],
+            len(self.planner.rules),
+            EXPIRY_SWEEP_MS,
+        )
+        self._kinds: dict[KindKey, int] = {}
+        # (rule index, key) → the small integer the core stores per plan for that lookup.
+        self._dependencies: dict[tuple[int, Key], int] = {}
+        # Per view, encoded output labels → labels (the core keeps only the bytes).
+        self._group_labels: list[dict[bytes, Labels]] = [{} for _ in config.views]
+
+    # --- inputs to the cached decisions ---------------------------------------------------------
+
+    def set_table(self, table: MetadataTable, rule_index: int = 0) -> bool:
+        """As the reference: only the series that looked up a changed key are planned again."""
+        changed = self.planner.set_table(table, rule_index)
+        if not changed:
+            return False
+        if len(changed) > self._core.cached_series // 2:
+            self._forget_plans()
+            return True
+        dependencies = self._dependencies
+        numbers = [
+            number for key in changed if (number := dependencies.get((rule_index, key))) is not None
+        ]
+        if numbers:
+            self._core.forget_plans_with(rule_index, numbers)
+        return True
+
+    def _forget_plans(self) -> None:
+        self._core.forget_plans()
+        self._dependencies.clear()
+
+    def learn_types(self, metadata: list[MetricMetadata]) -> None:
+        if metadata and self.planner.types.update(metadata):
+            self._forget_plans()
+
+    # --- the hot path ---------------------------------------------------------------------------
+
+    def ingest(self, body: bytes, now_ms: int) -> IngestResult:
+        """Apply every sample of the request ``body`` (snappy, as received) to every view.
+
+        As in the reference, every series is planned before any sample is applied, so a
+        DecodeError or LimitExceeded leaves no sample of the refused request applied.
+        """
+        data = decompress(body, self.config.max_decoded_bytes)
+        core = self._core
+        try:
+            request = core.scan(data)
+        except _native.WireError as exc:
+            raise DecodeError(str(exc)) from None
+        metadata = [decode_metadata(data, start, stop) for start, stop in request.metadata()]
+        check_series_count(request.series_count, self.planner.limits)
+        self.learn_types(metadata)
+        if core.cached_series > MAX_CACHED_SERIES:
+            self._forget_plans()
+        while True:
+            for label_bytes in core.misses(request):
+                if not core.has_plan(label_bytes):
+                    self._plan(label_bytes)
+            applied = core.apply(request, now_ms + MAX_FUTURE_MS)
+            if applied is not None:
+                break
+        return self._result(applied, len(metadata), request)
+
+    def _result(self, applied: Any, metadata: int, request: Any) -> IngestResult:
+        samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = applied
+        result = IngestResult(
+            series=request.series_count,
+            samples=samples,
+            metadata=metadata,
+            label_conflicts=conflicts,
+            exemplars_skipped=request.exemplars,
+        )
+        for number, count in enumerate(dropped):
+            if dropped_seen >> number & 1:
+                result.dropped[DROP_REASONS[number]] += count
+        if request.histograms:
+            result.dropped[DROP_NATIVE_HISTOGRAM] += request.histograms
+        rules = self.planner.rules
+        for slot, count in enumerate(lookups):
+            if count:
+                result.lookups[rules[slot // 3].name, Lookup(slot % 3)] = count
+        views = self.planner.views
+        for index, view in enumerate(views):
+            if capped_seen >> index & 1:
+                result.view_dropped[view.name, DROP_CARDINALITY_LIMIT] += capped[index]
+        for index, view in enumerate(views):
+            if late[index]:
+                result.view_dropped[view.name, "late"] = late[index]
+            if ooo[index]:
+                result.view_dropped[view.name, "out_of_order"] = ooo[index]
+        return result
+
+    def _plan(self, label_bytes: bytes) -> None:
+        """The reference's Pipeline._plan, registering the result with the core."""
+        planner = self.planner
+        core = self._core
+        labels = decode_labels(label_bytes)
+        if planner.limits.checks_labels:
+            check_labels(labels, planner.limits)
+        enriched = planner.enrich(labels)
+        slots = tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps))
+        dependencies = [NO_DEPENDENCY] * len(planner.rules)
+        for index, step in enumerate(enriched.steps):
+            if step.key is not None:
+                dependencies[index] = self._dependencies.setdefault(
+                    (index, step.key), len(self._dependencies)
+                )
+        if enriched.labels is None:
+            core.set_plan(
+                label_bytes, self._kind(slots, 0, DROP_METADATA_MISSING, 0), 0, dependencies
+            )
+            return
+        metric_name = dict(enriched.labels).get(METRIC_NAME_LABEL)
+        if not metric_name:
+            core.set_plan(
+                label_bytes, self._kind(slots, 0, DROP_NO_METRIC_NAME, 0), 0, dependencies
+            )
+            return
+        is_counter = planner.types.is_counter(metric_name)
+        feeds = capped = 0
+        unsummable = False
+        for index, view in enumerate(planner.views):
+            projected = view.view.project(enriched.labels)
+            if isinstance(projected, Skip):
+                unsummable = unsummable or projected is Skip.UNSUMMABLE
+                continue
+            output = encode_labels(projected)
+            if not core.admits(index, output, view.max_series):
+                capped |= 1 << index
+                continue
+            core.attach(index, label_bytes, output, is_counter)
+            self._group_labels[index].setdefault(output, projected)
+            feeds |= 1 << index
+        drop_reason = ""
+        if not feeds:
+            drop_reason = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
+            if capped:
+                drop_reason = DROP_CARDINALITY_LIMIT
+        kind = self._kind(slots, enriched.conflicts, drop_reason, capped)
+        core.set_plan(label_bytes, kind, feeds, dependencies)
+
+    def _kind(self, slots: tuple[int, ...], conflicts: int, drop_reason: str, capped: int) -> int:
+        # A plan that feeds a view has no drop reason; the core never reads it then.
+        key = (slots, conflicts, _REASON_NUMBER.get(drop_reason, 0), capped)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kinds[key] = self._core.add_kind(*key)
+        return kind
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def flush(self, now_ms: int, final: bool = False) -> list[ViewOutput]:
+        """Close complete windows (all of them with ``final``) and return their samples."""
+        core = self._core
+        outputs = []
+        forgotten = groups_forgotten = 0
+        for index, view in enumerate(self.planner.views):
+            before = core.view_stats(index)
+            samples = [OutputSample(*sample) for sample in core.flush(index, now_ms, final)]
+            outputs.append(ViewOutput(view.name, samples))
+            after = core.view_stats(index)
+            forgotten += after[7] - before[7]
+            groups_forgotten += after[8] - before[8]
+        if forgotten:
+            self._forget_plans()
+        elif groups_forgotten:
+            core.forget_capped()
+        return outputs
+
+    # --- a new configuration (reload) ---------------------------------------------------------
+
+    def reconfigure(self, config: Config, now_ms: int) -> Reconfiguration:
+        """As the reference's: unchanged views move over with their whole state."""
+        successor = NativeEngine(config)
+        successor.planner.adopt(self.planner)
+        wanted = {view.name: position for position, view in enumerate(successor.planner.views)}
+        result = Reconfiguration(successor)
+        for index, view in enumerate(self.planner.views):
+            position = wanted.pop(view.name, None)
+            if position is None:
+                result.removed.append(view.name)
+                result.outputs.append(ViewOutput(view.name, self._flush_view(index, now_ms)))
+                continue
+            if successor.planner.views[position].continues(view):
+                successor._core.adopt_view(position, self._core, index)
+                successor._group_labels[position] = self._group_labels[index]
+                result.kept.append(view.name)
+                continue
+            result.restarted.append(view.name)
+            result.outputs.append(ViewOutput(view.name, self._flush_view(index, now_ms)))
+            closed_window = self._core.view_stats(index)[4]
+            if closed_window > 0:  # windows count from the epoch: real ones are > 0
+                successor._core.mark_emitted_through(
+                    position, closed_window * view.settings.interval_ms
+                )
+        result.added.extend(wanted)
+        return result
+
+    def _flush_view(self, index: int, now_ms: int) -> list[OutputSample]:
+        return [OutputSample(*sample) for sample in self._core.flush(index, now_ms, True)]
+
+    # --- state that survives restarts ------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """The reference's format (aggregation_state), byte for byte once serialised."""
+        states = {}
+        for index, view in enumerate(self.planner.views):
+            closed_window, max_timestamp_ms, groups = self._core.export_view(index)
+            labels_of = self._group_labels[index]
+            states[view.name] = {
+                "format": STATE_FORMAT,
+                "interval_ms": view.settings.interval_ms,
+                "closed_window": closed_window,
+                "max_timestamp_ms": max_timestamp_ms,
+                "groups": [
+                    {
+                        "labels": [list(pair) for pair in labels_of[label_bytes]],
+                        "retired": retired,
+                        "emitted_live": emitted_live,
+                        "open_windows": open_windows,
+                        "inputs": [
+                            [base64.b64encode(key).decode(), state] for key, state in inputs
+                        ],
+                        "departed": departed,
+                    }
+                    for label_bytes, retired, emitted_live, open_windows, inputs, departed in groups
+                ],
+                "definition": view_definition(view.view),
+            }
+        return states
+
+    def emitted_through_ms(self) -> dict[str, int]:
+        emitted = {}
+        for index, view in enumerate(self.planner.views):
+            closed_window = self._core.view_stats(index)[4]
+            if closed_window > 0:
+                emitted[view.name] = closed_window * view.settings.interval_ms
+        return emitted
+
+    def mark_emitted_through(self, emitted: dict[str, int]) -> None:
+        for index, view in enumerate(self.planner.views):
+            if view.name in emitted:
+                self._core.mark_emitted_through(index, emitted[view.name])
+
+    def restore_state(self, states: dict[str, Any]) -> dict[str, str]:
+        """As the reference's Pipeline.restore_state; view → why it starts empty."""
+        skipped: dict[str, str] = {}
+        for index, view in enumerate(self.planner.views):
+            state = states.get(view.name)
+            if state is None:
+                skipped[view.name] = "no saved state"
+                continue
+            definition = view_definition(view.view)
+            if state.get("definition", definition) != definition:
+                skipped[view.name] = "its keep labels or match selector changed"
+                continue
+            try:
+                self._restore_view(index, state)
+            except StateMismatch as exc:
+                skipped[view.name] = str(exc)
+        self._forget_plans()
+        return skipped
+
+    def _restore_view(self, index: int, state: dict[str, Any]) -> None:
+        """The reference's aggregation_state.restore_state, step for step."""
+        if state.get("format") != STATE_FORMAT:
+            raise StateMismatch(f"unknown aggregation state format {state.get('format')!r}")
+        interval_ms = self.planner.views[index].settings.interval_ms
+        if state["interval_ms"] != interval_ms:
+            raise StateMismatch(
+                f"saved with interval {state['interval_ms']} ms, now {interval_ms} ms"
+            )
+        core = self._core
+        core.restore_view(index, int(state["closed_window"]), int(state["max_timestamp_ms"]))
+        departed_ids: list[list[int]] = []
+        predecessors: list[tuple[int, list[int]]] = []
+        for saved in state["groups"]:
+            labels = tuple((str(name), str(value)) for name, value in saved["labels"])
+            label_bytes = encode_labels(labels)
+            self._group_labels[index][label_bytes] = labels
+            group = core.restore_group(
+                index,
+                label_bytes,
+                float(saved["retired"]),
+                bool(saved["emitted_live"]),
+                [int(window) for window in saved["open_windows"]],
+            )
+            for key_text, series_state in saved["inputs"]:
+                key = base64.b64decode(key_text)
+                series = self._restore_input(index, group, key, series_state)
+                if series_state["predecessor"] is not None:
+                    predecessors.append((series, series_state["predecessor"]))
+            departed_ids.append(
+                [self._restore_input(index, group, None, s) for s in saved["departed"]]
+            )
+        for series, (group_index, departed_index) in predecessors:
+            core.restore_predecessor(index, series, departed_ids[group_index][departed_index])
+
+    def _restore_input(self, index: int, group: int, key: bytes | None, state: Any) -> int:
+        last_value = state["last_value"]
+        return int(
+            self._core.restore_input(
+                index,
+                group,
+                key,
+                bool(state["counter"]),
+                int(state["last_seen_ms"]),
+                None if last_value is None else float(last_value),
+                float(state["offset"]),
+                bool(state["live"]),
+                [(int(w), float(c), bool(live)) for w, c, live in state["pending"]],
+                float(state["closed"][0]),
+                bool(state["closed"][1]),
+            )
+        )
+
+    # --- what the server shows ----------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        views = []
+        for index, view in enumerate(self.planner.views):
+            groups, inputs, open_windows, max_timestamp_ms, *_ = self._core.view_stats(index)
+            views.append(ViewStats(view.name, groups, inputs, open_windows, max_timestamp_ms))
+        return EngineStats(self._core.cached_series, tuple(views))
+
+    def received(self, input_key: bytes) -> bool:
+        return bool(self._core.received(input_key))
+
+    def view_group(self, view_index: int, output: Labels) -> GroupState | None:
+        found = self._core.group_state(view_index, encode_labels(output))
+        if found is None:
+            return None
+        value, inputs, live_inputs, retired = found
+        return GroupState(output, value, inputs, live_inputs, retired)
+
+    def view_input(self, view_index: int, input_key: bytes) -> InputState | None:
+        found = self._core.input_state(view_index, input_key)
+        if found is None:
+            return None
+        label_bytes, contribution = found
+        return InputState(self._group_labels[view_index][label_bytes], contribution)
+
+
+def decode_write_request_natively(
+    buf: bytes,
+) -> tuple[list[tuple[bytes, list[tuple[int, float]]]], list[MetricMetadata], int, int]:
+    """The C decoder's reading of ``buf`` as Python values, for the fuzzer and the tests:
+    (series as (label bytes, samples), metadata, exemplars, histograms)."""
+    try:
+        request = _DECODER.scan(buf)
+    except _native.WireError as exc:
+        raise DecodeError(str(exc)) from None
+    metadata = [decode_metadata(buf, start, stop) for start, stop in request.metadata()]
+    return request.series(), metadata, request.exemplars, request.histograms
+
+
+# A core with no views: only its decoder is used.
+_DECODER = _native.Core((), 0, EXPIRY_SWEEP_MS)
