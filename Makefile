@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint fmt bench check clean system-deps test-deps proto
 
-$(STAMP): pyproject.toml
+# setup.py and the C sources: the editable install builds the native engine in place.
+$(STAMP): pyproject.toml setup.py $(wildcard src/enrichproxy/engine/_native_src/*)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -30,8 +31,11 @@ test-deps:
 demo: $(STAMP) system-deps
 	$(BIN)/python -m enrichproxy demo --config conf/enrichproxy.yaml --metadata conf/metadata.yaml
 
+# The whole suite runs against each engine (tests/engines.py); the differential, fuzz and
+# AddressSanitizer tests compare the two in both passes.
 test: $(STAMP) test-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --engine=native
+	$(BIN)/python -m pytest --engine=python
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

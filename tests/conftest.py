@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from engines import ENGINE_VARIABLE, engine_kind
 from realparts import (
     Exporter,
     MissingBinaryError,
@@ -19,6 +22,43 @@ from realparts import (
     find_prometheus,
 )
 from sinks import RecordingSink
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engine",
+        choices=["native", "python"],
+        default="native",
+        help="the engine every test runs against (make test runs both)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before test modules are imported: they and every `serve` child read it.
+    os.environ[ENGINE_VARIABLE] = config.getoption("--engine")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"engine: {engine_kind()}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def engine_under_test() -> Iterator[str]:
+    """Apps created in process run the engine under test where their config says ``auto``."""
+    from enrichproxy.engine import factory
+    from enrichproxy.server import app
+
+    kind = engine_kind()
+    make_engine = factory.make_engine
+
+    def make_engine_under_test(config: Any) -> Any:
+        if config.engine == "auto":
+            config = replace(config, engine=kind)
+        return make_engine(config)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app, "make_engine", make_engine_under_test)
+        yield kind
 
 
 @pytest.fixture(scope="session")

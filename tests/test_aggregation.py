@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pytest
+from engines import new_engine
 from promtext import decoded_request, format_output, format_sample, normalise, parse_lines
 
 from enrichproxy.config.schema import Config, parse_config
@@ -31,7 +32,6 @@ from enrichproxy.engine.aggregation import (
     Observed,
     ViewAggregator,
 )
-from enrichproxy.engine.pipeline import Pipeline
 from enrichproxy.metadata.table import build_table
 from enrichproxy.model import (
     METRIC_NAME_LABEL,
@@ -126,8 +126,9 @@ def check_output_invariants(
 
 def run(case: Case) -> None:
     config = make_config(case.aggregation)
-    pipeline = Pipeline(config)
+    pipeline = new_engine(config)
     dropped: Counter[str] = Counter()
+    late = out_of_order = 0
     emitted: list[OutputSample] = []
     for number, given in enumerate(case.steps):
         step = Push(given) if isinstance(given, str) else given
@@ -135,6 +136,8 @@ def run(case: Case) -> None:
             newest = max(sample.timestamp_ms for sample in parse_lines(step.lines))
             result = pipeline.apply(decoded_request(step.lines), step.at or newest)
             dropped.update(result.dropped)
+            late += result.view_dropped["ops", "late"]
+            out_of_order += result.view_dropped["ops", "out_of_order"]
         elif isinstance(step, Table):
             documents = [{"pod": pod, "service": svc} for pod, svc in step.services.items()]
             assert pipeline.set_table(
@@ -149,9 +152,7 @@ def run(case: Case) -> None:
             emitted.extend(output.samples)
             got = sorted(format_output(sample) for sample in output.samples)
             assert got == normalise(step.emits), f"step {number}: {step}"
-    (view,) = pipeline.views
-    aggregator = view.aggregator
-    assert (aggregator.late_samples, aggregator.out_of_order_samples) == (
+    assert (late, out_of_order) == (
         case.late,
         case.out_of_order,
     )

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from engines import EngineUnderTest, new_engine
 from promtext import decoded_request, format_output
 from realparts import (
     MongoServer,
@@ -39,7 +40,6 @@ from enrichproxy import cli
 from enrichproxy.config.schema import Config, parse_config
 from enrichproxy.engine.enrich import Lookup
 from enrichproxy.engine.explain import EXPLAIN_PATH, Explanation, explain, parse_exact_selector
-from enrichproxy.engine.pipeline import Pipeline
 from enrichproxy.engine.views import Skip
 from enrichproxy.metadata.admin import import_documents
 from enrichproxy.metadata.table import build_table
@@ -71,9 +71,11 @@ def make_config(**metadata: Any) -> Config:
     )
 
 
-def make_pipeline(config: Config | None = None, documents: list[dict[str, Any]] = PODS) -> Pipeline:
+def make_pipeline(
+    config: Config | None = None, documents: list[dict[str, Any]] = PODS
+) -> EngineUnderTest:
     config = config or make_config()
-    flow = Pipeline(config)
+    flow = new_engine(config)
     for index, rule in enumerate(config.metadata.enrich_rules):
         flow.set_table(
             build_table(documents, rule, version=7, loaded_at=1_700_000_000.0).table, index
@@ -81,7 +83,7 @@ def make_pipeline(config: Config | None = None, documents: list[dict[str, Any]] 
     return flow
 
 
-def feed(flow: Pipeline, text: str, metadata: list[MetricMetadata] | None = None) -> None:
+def feed(flow: EngineUnderTest, text: str, metadata: list[MetricMetadata] | None = None) -> None:
     flow.apply(decoded_request(text, metadata), now_ms=T0 + 60_000)
 
 
@@ -89,7 +91,7 @@ def series(text: str) -> Labels:
     return parse_exact_selector(text)
 
 
-def why(flow: Pipeline, text: str) -> Explanation:
+def why(flow: EngineUnderTest, text: str) -> Explanation:
     return explain(flow, series(text))
 
 
@@ -248,7 +250,7 @@ def test_each_rule_sees_what_the_rules_before_it_added() -> None:
         },
     ]
     config = make_config(rules=rules)
-    flow = Pipeline(config)
+    flow = new_engine(config)
     pods, owners = config.metadata.enrich_rules
     flow.set_table(build_table([{"pod": "a", "service": "checkout"}], pods, 1, 0.0).table, 0)
     flow.set_table(build_table([{"service": "checkout", "owner": "ann"}], owners, 2, 0.0).table, 1)
@@ -276,7 +278,7 @@ def test_a_rule_after_a_drop_is_not_applied() -> None:
     ]
     rules[0]["on_missing"] = "drop"
     config = make_config(rules=rules)
-    explanation = why(Pipeline(config), 'order_total{pod="a",node="n1"}')
+    explanation = why(new_engine(config), 'order_total{pod="a",node="n1"}')
     assert [s.lookup for s in explanation.rules] == [Lookup.MISS, None]
     assert "2. rule nodes (metrics.nodes): not applied" in explanation.to_text()
     assert explanation.to_dict()["rules"][1]["result"] == "not_applied"
@@ -453,8 +455,7 @@ def test_explaining_changes_no_state() -> None:
     explained, untouched = make_pipeline(), make_pipeline()
     for flow in (explained, untouched):
         feed(flow, text)
-    groups = [dict(v.aggregator.groups) for v in explained.views]
-    inputs = [dict(v.aggregator.inputs) for v in explained.views]
+    state = explained.export_state()
     cached = explained.cached_series
     for selector in (
         'order_total{pod="checkout-a",endpoint="/orders"}',
@@ -462,8 +463,7 @@ def test_explaining_changes_no_state() -> None:
         'order_total{pod="nobody"}',
     ):
         why(explained, selector).to_text()
-    assert [dict(v.aggregator.groups) for v in explained.views] == groups
-    assert [dict(v.aggregator.inputs) for v in explained.views] == inputs
+    assert explained.export_state() == state
     assert explained.cached_series == cached
     later = f'order_total{{pod="checkout-a",endpoint="/orders"}} 9 @{T0 + 30_000}'
     for flow in (explained, untouched):
@@ -471,7 +471,7 @@ def test_explaining_changes_no_state() -> None:
     assert emitted(explained) == emitted(untouched)
 
 
-def emitted(flow: Pipeline) -> list[list[str]]:
+def emitted(flow: EngineUnderTest) -> list[list[str]]:
     """Per view, the output lines of a final flush (in a window, groups come in no set order)."""
     return [sorted(format_output(s) for s in out.samples) for out in flow.flush(T0, final=True)]
 

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from engines import new_engine
 from promtext import decoded_request, format_output, normalise
 
 from enrichproxy.config.schema import Config, LimitsConfig, parse_config
@@ -111,7 +112,7 @@ def test_series_per_request() -> None:
 
 
 def test_too_many_series_refuse_the_whole_request() -> None:
-    flow = Pipeline(make_config(limits={"max_series_per_request": 1}))
+    flow = new_engine(make_config(limits={"max_series_per_request": 1}))
     request = decoded_request('x_total{service="a"} 1 @1000\nx_total{service="b"} 1 @1000')
     with pytest.raises(LimitExceeded, match="max_series_per_request"):
         flow.apply(request, now_ms=1000)
@@ -130,7 +131,7 @@ def test_too_many_series_refuse_the_whole_request() -> None:
 def test_a_series_over_a_label_limit_refuses_the_whole_request(
     settings: dict[str, int], bad_series: str
 ) -> None:
-    flow = Pipeline(make_config(limits=settings))
+    flow = new_engine(make_config(limits=settings))
     good = 'x_total{service="a"} 1 @1000'
     with pytest.raises(LimitExceeded, match=next(iter(settings))):
         flow.apply(decoded_request(f"{good}\n{bad_series} 1 @1000"), now_ms=1000)
@@ -147,7 +148,7 @@ def test_a_series_over_a_label_limit_refuses_the_whole_request(
 
 def test_label_limits_are_checked_once_per_series() -> None:
     """A cached series is not checked again: the check costs nothing on the hot path."""
-    flow = Pipeline(make_config(limits={"max_labels_per_series": 5}))
+    flow = new_engine(make_config(limits={"max_labels_per_series": 5}))
     request = decoded_request('x_total{pod="p",service="a"} 1 @1000')
     flow.apply(request, now_ms=1000)
     flow.planner.limits = LimitsConfig(max_labels_per_series=1)
@@ -172,7 +173,7 @@ def test_admits_existing_groups_and_new_ones_only_under_the_cap() -> None:
 
 
 def test_over_the_cap_new_output_series_are_dropped_and_existing_ones_keep_flowing() -> None:
-    flow = Pipeline(
+    flow = new_engine(
         make_config(
             [
                 {"name": "capped", "keep": ["service"], "max_series": 2},
@@ -218,7 +219,7 @@ def test_over_the_cap_new_output_series_are_dropped_and_existing_ones_keep_flowi
 
 
 def test_a_series_no_view_admits_is_dropped_as_cardinality_limit() -> None:
-    flow = Pipeline(make_config([{"name": "ops", "keep": ["service"], "max_series": 1}]))
+    flow = new_engine(make_config([{"name": "ops", "keep": ["service"], "max_series": 1}]))
     result = flow.apply(
         decoded_request('x_total{service="a"} 1 @1000\nx_total{service="b"} 1 @1000'), 1000
     )
@@ -266,5 +267,5 @@ def test_a_capped_series_gets_in_once_an_output_series_is_forgotten() -> None:
 
 
 def test_an_empty_request_passes_every_limit() -> None:
-    flow = Pipeline(make_config(limits={"max_series_per_request": 1, "max_labels_per_series": 1}))
+    flow = new_engine(make_config(limits={"max_series_per_request": 1, "max_labels_per_series": 1}))
     assert flow.apply(DecodedRequest(), now_ms=1000).series == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engines import EngineUnderTest, new_engine
 from promtext import decoded_request, format_output, format_sample, normalise
 
 from enrichproxy.config.schema import Config, load_config, parse_config
@@ -57,7 +58,7 @@ OPS = [{"name": "ops", "keep": ["service"]}]
 
 def test_real_prometheus_payloads_through_the_example_configuration() -> None:
     config = load_config(str(REPO / "conf" / "enrichproxy.yaml"))
-    flow = Pipeline(config)
+    flow = new_engine(config)
     assert flow.set_table(table(config, PODS))
     metadata = fixture_request("metadata-only.snappy")
     first = fixture_request("scrape-74-series.snappy")
@@ -138,7 +139,7 @@ def test_drop_reasons() -> None:
         [{"name": "orders", "keep": ["service"], "match": '{__name__=~"order_.*"}'}],
         metadata={"on_missing": "drop", "fields": ["service"]},
     )
-    flow = Pipeline(config)
+    flow = new_engine(config)
     flow.set_table(table(config, [{"pod": "a", "service": "s"}]))
     now = 1_000_000
     request = decoded_request(
@@ -183,7 +184,7 @@ def test_drop_reasons() -> None:
 
 
 def test_quantiles_are_unsummable_only_when_no_view_takes_the_series() -> None:
-    flow = Pipeline(make_config(OPS))
+    flow = new_engine(make_config(OPS))
     result = flow.apply(
         decoded_request('payment_amount{quantile="0.5",service="s"} 1 @1000'), now_ms=1000
     )
@@ -192,7 +193,7 @@ def test_quantiles_are_unsummable_only_when_no_view_takes_the_series() -> None:
 
 def test_conflicts_are_counted_per_series() -> None:
     config = make_config(OPS)
-    flow = Pipeline(config)
+    flow = new_engine(config)
     flow.set_table(table(config, [{"pod": "a", "service": "s", "team": "t"}]))
     result = flow.apply(
         decoded_request('x{pod="a",service="old",team="t"} 1 @1000\nx{pod="a"} 2 @2000'), 2000
@@ -204,7 +205,7 @@ def test_conflicts_are_counted_per_series() -> None:
 
 
 def test_late_and_out_of_order_samples_are_reported_per_view() -> None:
-    flow = Pipeline(make_config([*OPS, {"name": "all", "keep": []}]))
+    flow = new_engine(make_config([*OPS, {"name": "all", "keep": []}]))
     flow.apply(
         decoded_request('x_total{service="s"} 1 @1000\nx_total{service="s"} 2 @60000'), 60000
     )
@@ -221,7 +222,7 @@ def test_late_and_out_of_order_samples_are_reported_per_view() -> None:
 
 
 def test_a_series_feeds_every_view_it_belongs_to() -> None:
-    flow = Pipeline(
+    flow = new_engine(
         make_config(
             [
                 {"name": "fast", "keep": ["service"], "interval": "5s"},
@@ -257,7 +258,7 @@ def test_a_series_feeds_every_view_it_belongs_to() -> None:
 
 
 def test_invalid_labels_reject_the_whole_request() -> None:
-    flow = Pipeline(make_config(OPS))
+    flow = new_engine(make_config(OPS))
     good = codec.encode_labels((("__name__", "x_total"), ("service", "s")))
     duplicate = good + codec.encode_labels((("service", "t"),))
     request = DecodedRequest(
@@ -277,7 +278,7 @@ def test_invalid_labels_reject_the_whole_request() -> None:
 
 def test_table_and_types_changes_rebuild_the_cache() -> None:
     config = make_config(OPS)
-    flow = Pipeline(config)
+    flow = new_engine(config)
     request = decoded_request('x{pod="a"} 1 @1000\ny{pod="b"} 1 @1000')
     flow.apply(request, 1000)
     assert flow.cached_series == 2
@@ -299,7 +300,7 @@ def test_a_full_cache_starts_over_and_keeps_the_aggregation_state(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(pipeline, "MAX_CACHED_SERIES", 1)
-    flow = Pipeline(make_config(OPS))
+    flow = new_engine(make_config(OPS))
     text = 'x_total{{pod="a",service="s"}} {a} @{t}\nx_total{{pod="b",service="s"}} {b} @{t}'
     flow.apply(decoded_request(text.format(a=1, b=2, t=1000)), 1000)
     assert flow.cached_series == 2
@@ -316,7 +317,7 @@ def test_a_full_cache_starts_over_and_keeps_the_aggregation_state(
 
 
 def test_forgotten_inputs_clear_the_cache() -> None:
-    flow = Pipeline(make_config(OPS, aggregation={"stale_after": "10s", "retention": "20s"}))
+    flow = new_engine(make_config(OPS, aggregation={"stale_after": "10s", "retention": "20s"}))
     flow.apply(decoded_request('x_total{pod="a",service="s"} 4 @1000'), 1000)
     flow.apply(decoded_request('x_total{pod="b",service="s"} 1 @100000'), 100000)
     flow.flush(100000)  # pod a ends (unseen for 10 s)
@@ -329,7 +330,7 @@ def test_forgotten_inputs_clear_the_cache() -> None:
 
 
 def test_now_limits_only_future_samples() -> None:
-    flow = Pipeline(make_config(OPS))
+    flow = new_engine(make_config(OPS))
     old = decoded_request('x{service="s"} 1 @-5000000')
     assert flow.apply(old, now_ms=10**12).dropped == {}
     assert Counter(flow.apply(decoded_request('x{service="s"} 1 @700001'), 100_000).dropped) == {
@@ -369,13 +370,25 @@ POD_DOCS = [
 OWNER_DOCS = [{"service": "checkout", "owner": "alice"}, {"service": "payment", "owner": "bob"}]
 
 
-def chained_pipeline() -> tuple[Config, Pipeline]:
+def chained_pipeline() -> tuple[Config, EngineUnderTest]:
+    config = make_config(CHAINED_VIEWS, metadata=CHAINED)
+    flow = new_engine(config)
+    prepare_chained(config, flow)
+    return config, flow
+
+
+def chained_reference() -> tuple[Config, Pipeline]:
+    """For tests of the reference's plan cache itself."""
     config = make_config(CHAINED_VIEWS, metadata=CHAINED)
     flow = Pipeline(config)
+    prepare_chained(config, flow)
+    return config, flow
+
+
+def prepare_chained(config: Config, flow: EngineUnderTest) -> None:
     pods_rule, owners_rule = config.metadata.enrich_rules
     assert flow.set_table(build_table(POD_DOCS, pods_rule, 1, 0.0).table, 0)
     assert flow.set_table(build_table(OWNER_DOCS, owners_rule, 1, 0.0).table, 1)
-    return config, flow
 
 
 def label_bytes_of(request: DecodedRequest) -> dict[str, bytes]:
@@ -428,7 +441,7 @@ def test_two_chained_rules_through_the_views() -> None:
 def test_on_missing_drop_in_the_second_rule_drops_what_it_does_not_find() -> None:
     metadata = {"rules": [CHAINED["rules"][0], {**CHAINED["rules"][1], "on_missing": "drop"}]}
     config = make_config(CHAINED_VIEWS, metadata=metadata)
-    flow = Pipeline(config)
+    flow = new_engine(config)
     pods_rule, owners_rule = config.metadata.enrich_rules
     flow.set_table(build_table(POD_DOCS, pods_rule, 1, 0.0).table, 0)
     flow.set_table(build_table(OWNER_DOCS[1:], owners_rule, 1, 0.0).table, 1)  # no checkout
@@ -445,7 +458,7 @@ def test_on_missing_drop_in_the_second_rule_drops_what_it_does_not_find() -> Non
 
 
 def test_a_table_change_re_plans_only_the_series_whose_key_changed() -> None:
-    config, flow = chained_pipeline()
+    config, flow = chained_reference()
     pods_rule, owners_rule = config.metadata.enrich_rules
     text = """
         x_total{{namespace="shop",pod="a"}} {a} @{t}
@@ -508,7 +521,7 @@ def test_a_table_change_re_plans_only_the_series_whose_key_changed() -> None:
 
 
 def test_a_change_to_most_keys_starts_the_cache_over() -> None:
-    config, flow = chained_pipeline()
+    config, flow = chained_reference()
     request = decoded_request('x_total{namespace="shop",pod="a"} 1 @1000\nx_total{job="j"} 1 @1000')
     flow.apply(request, 1000)
     assert flow.cached_series == 2

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from enrichproxy import __version__
-from enrichproxy.config.schema import Config, load_config
+from enrichproxy.config.schema import ENGINES, Config, load_config
 from enrichproxy.errors import ConfigError, EnrichproxyError
 
 log = logging.getLogger("enrichproxy")
@@ -144,7 +144,8 @@ def _with_listen(config: Config, listen: str) -> Config:
 
 
 def _command_line_overrides(args: argparse.Namespace) -> Callable[[Config], Config]:
-    """``--listen`` and ``--log-level`` over a configuration, at start and at every reload."""
+    """``--listen``, ``--log-level`` and ``--engine`` over a configuration, at start and at every
+    reload."""
     from dataclasses import replace
 
     def apply(config: Config) -> Config:
@@ -152,6 +153,8 @@ def _command_line_overrides(args: argparse.Namespace) -> Callable[[Config], Conf
             config = _with_listen(config, args.listen)
         if args.log_level:
             config = replace(config, log_level=args.log_level)
+        if args.engine:
+            config = replace(config, engine=args.engine)
         return config
 
     return apply
@@ -349,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         "overrides the config's log_level",
         choices=["debug", "info", "warning", "error"],
+    )
+    _env_option(
+        serve,
+        "--engine",
+        "overrides the config's engine (auto: native when built, else python)",
+        choices=list(ENGINES),
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -55,7 +55,14 @@ from enrichproxy.engine.views import Skip
 from enrichproxy.errors import DecodeError
 from enrichproxy.metadata.table import Key, MetadataTable
 from enrichproxy.model import METRIC_NAME_LABEL, Labels, MetricMetadata, OutputSample
-from enrichproxy.wire.codec import decode_labels, decode_metadata, decompress, encode_labels
+from enrichproxy.wire.codec import (
+    DecodedRequest,
+    decode_labels,
+    decode_metadata,
+    decompress,
+    encode_labels,
+    encode_write_request,
+)
 
 # Numbered as the core counts them (core.c's DROP_* constants).
 DROP_REASONS = (
@@ -133,7 +140,25 @@ class NativeEngine:
         As in the reference, every series is planned before any sample is applied, so a
         DecodeError or LimitExceeded leaves no sample of the refused request applied.
         """
-        data = decompress(body, self.config.max_decoded_bytes)
+        return self._ingest(decompress(body, self.config.max_decoded_bytes), now_ms)
+
+    def apply(self, request: DecodedRequest, now_ms: int) -> IngestResult:
+        """An already decoded request, as the reference's ``Pipeline.apply`` takes it (tests
+        and tools): encoded again and ingested."""
+        series = [(raw.label_bytes, raw.samples) for raw in request.series]
+        result = self._ingest(encode_write_request(series, request.metadata), now_ms)
+        # Counted by the decoder only: the encoding above carries no histogram or exemplar.
+        if request.histograms:
+            result.dropped[DROP_NATIVE_HISTOGRAM] += request.histograms
+        result.exemplars_skipped += request.exemplars
+        return result
+
+    @property
+    def cached_series(self) -> int:
+        """Distinct input series whose plan is cached."""
+        return self._core.cached_series
+
+    def _ingest(self, data: bytes, now_ms: int) -> IngestResult:
         core = self._core
         try:
             request = core.scan(data)
