@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench check clean system-deps test-deps proto
+.PHONY: demo test lint fmt bench check clean system-deps test-deps proto fuzz
 
 # setup.py and the C sources: the editable install builds the native engine in place.
 $(STAMP): pyproject.toml setup.py $(wildcard src/enrichproxy/engine/_native_src/*)
@@ -45,6 +45,11 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+# The C decoder against the Python one for a minute (tests/fuzz/fuzz_decoder.py; `make test`
+# runs it briefly). A difference stops it and leaves the input as crash-* in this directory.
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/fuzz_decoder.py -max_total_time=60 -print_final_stats=1
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
