@@ -649,7 +649,8 @@ int view_flush(View *view, int64_t now_ms, int final, Outputs *out, void *owner,
         close_through = ep_floordiv((i128)view->max_timestamp_ms - view->lateness_ms,
                                     view->interval_ms);
     }
-    qsort(view->windows, view->nwindows, sizeof(OpenWindow), compare_windows);
+    if (view->nwindows > 1)
+        qsort(view->windows, view->nwindows, sizeof(OpenWindow), compare_windows);
     size_t closed = 0;
     while (closed < view->nwindows && view->windows[closed].window <= close_through) {
         OpenWindow *window = &view->windows[closed];

@@ -133,6 +133,7 @@ static int decode_sample(const uint8_t *buf, size_t pos, size_t end, Batch *batc
 
 /* Append bytes to the joined-labels buffer. */
 static int join(Batch *batch, const uint8_t *data, size_t len) {
+    if (len == 0) return 0;
     if (ep_grow((void **)&batch->joined, &batch->joined_cap, batch->njoined + len, 1) < 0)
         return -2;
     memcpy(batch->joined + batch->njoined, data, len);
