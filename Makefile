@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench check clean system-deps test-deps proto fuzz
+.PHONY: demo test lint fmt bench bench-instructions check clean system-deps test-deps proto fuzz
 
 # setup.py and the C sources: the editable install builds the native engine in place.
 $(STAMP): pyproject.toml setup.py $(wildcard src/enrichproxy/engine/_native_src/*)
@@ -51,9 +51,14 @@ fmt: $(STAMP)
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/fuzz_decoder.py -max_total_time=60 -print_final_stats=1
 
+# Both engines side by side (benchmarks/README.md). The instruction counts run under valgrind
+# (about two minutes more), so they have their own target.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/queue_bench.py
+
+bench-instructions: $(STAMP)
+	$(BIN)/python benchmarks/run.py --only instructions
 
 check: lint test
 

@@ -1,38 +1,58 @@
-"""enrichproxy benchmarks: input samples per second, in process and end to end over HTTP.
+"""enrichproxy benchmarks: both engines (Python reference and native), side by side, one run.
 
 Run with ``.venv/bin/python benchmarks/run.py`` (``make bench``); ``--help`` lists the knobs.
+``--engines python,native`` (the default) picks the engines; every section runs for each, and
+a table with one column per engine is printed at the end. Sections:
 
-(a) pipeline: one core, no I/O. Remote-write 1.0 requests of 2,000 series from a 500-pod fleet
-    (enrichproxy.tools.loadgen) go through decode → Pipeline.apply → Pipeline.flush → encode of
+(1) in process, one core, no I/O. Remote-write 1.0 requests of 2,000 series from a 500-pod fleet
+    (enrichproxy.tools.loadgen) go through ``Engine.ingest(body)`` → ``Engine.flush`` → encode of
     what the flush emitted, with conf/enrichproxy.yaml's two views and a table built from the
-    fleet's documents. "warm" is the steady state (every series seen before, as in production, where
-    the same series come back every scrape); "cold" is a fresh pipeline's first scrape, where
-    every series is decoded, joined and projected for the first time.
-(b) http: the real process. A null downstream and secantusdb run as subprocesses, the proxy
-    runs as ``python -m enrichproxy serve --config <generated>``, and the load generator sends
-    from this process as fast as the proxy takes it. Its rounds are replayed 15 s apart in
-    sample time (loadgen --sample-interval), so each series gets one sample per window as in
-    production; with wall-clock stamps a 9,000-series fleet at 150 k samples/s would give each
-    series a sample every 60 ms, and the aggregation far less work per sample than in
-    production. No pod churn by default: every replacement changes the table (``--churn-
-    probability`` measures that). Skipped, with the reason, when the proxy does not become
-    ready, so (a) always works.
+    fleet's documents. ``ingest`` is timed as a whole (it decompresses, decodes and applies);
+    the first stage alone is timed in a separate pass over the same requests (Python:
+    ``codec.decode_write_request(decompress(body))``; native: ``Core.scan(decompress(body))``),
+    and apply is the difference. "warm" is the steady state (every series seen before, as in
+    production, where the same series come back every scrape).
+(2) ``--instructions``: instructions (callgrind's Ir) per input sample of ingest and of flush,
+    in a child process per engine under ``valgrind --tool=callgrind``: a warm-up, then a few
+    2,000-series requests, each ingest and each flush a callgrind dump of its own.
+(3) first sight: a fresh engine's first scrape, where every series is decoded, joined and
+    projected for the first time (series/s; one sample per series).
+(4) memory: RSS growth per input series of a fresh child process that ingests 100 k or 1 M
+    distinct series (the failure counter over 500 pods x many endpoints and error types, so
+    both views are fed) and flushes once.
+(5) end to end over HTTP: the real process. A null downstream and secantusdb run as
+    subprocesses, the proxy runs as ``python -m enrichproxy serve --config <generated>`` with
+    ``engine:`` set per run, and the load generator sends from this process as fast as the
+    proxy takes it, once with the memory queue and once durable (disk queue, state file and its
+    input log). Its rounds are replayed 15 s apart in sample time (loadgen --sample-interval),
+    so each series gets one sample per window as in production; with wall-clock stamps a
+    9,000-series fleet at 150 k samples/s would give each series a sample every 60 ms, and the
+    aggregation far less work per sample than in production. No pod churn by default: every
+    replacement changes the table (``--churn-probability`` measures that). Skipped, with the
+    reason, when the proxy does not become ready, so the in-process sections always work.
+(6) latency, on the memory-queue proxy of (5): write latency at half the rate (5) measured
+    (paced sender), then one request of 1 M new series and, from the moment it is sent, small
+    writes one after another until it is answered: their latency is what a sender sees while
+    the proxy works through a burst of new series.
 
 Everything listens on 127.0.0.1 on ports picked at run time; every subprocess is stopped
-before exit, bounded in time. benchmarks/README.md records the figures measured here and
-the peers' figures for the same workload shape.
+before exit, bounded in time. benchmarks/README.md describes the table and records figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import os
+import pickle
 import pstats
+import resource
 import select
 import shutil
 import signal
@@ -44,21 +64,27 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from enrichproxy.config.durations import format_duration_ms, parse_duration_ms
 from enrichproxy.config.schema import Config, load_config
-from enrichproxy.engine.interface import ViewOutput
-from enrichproxy.engine.pipeline import Pipeline
+from enrichproxy.engine.factory import make_engine
+from enrichproxy.engine.interface import Engine, ViewOutput
 from enrichproxy.metadata.table import build_table
+from enrichproxy.model import METRIC_NAME_LABEL
 from enrichproxy.tools.loadgen import (
+    FAILED_METRIC,
+    JOB,
+    REMOTE_WRITE_HEADERS,
     Batcher,
     Fleet,
     LoadReport,
@@ -68,6 +94,7 @@ from enrichproxy.tools.loadgen import (
     RoundClock,
     SeedError,
     generate_load,
+    percentile,
 )
 from enrichproxy.wire import codec
 
@@ -90,10 +117,20 @@ STOP_TIMEOUT_S = 10.0
 PROXY_SHUTDOWN_TIMEOUT = "5s"
 LOG_TAIL_CHARS = 3000
 
+ENGINES = ("python", "native")
+HTTP_CONFIGS = ("memory", "durable")
+CHILD_TIMEOUT_S = 600.0
+"""Bound on a child process (memory, callgrind) and on the big request of (6)."""
+BIG_MAX_DECODED_BYTES = 1024**3
+"""The proxy's max_decoded_bytes in (5)/(6): a 1 M-series request decodes to ~130 MB."""
+SEED_CHUNK = 50
+SMALL_WRITE_GAP_S = 0.02
+"""(6) Pause between the small writes sent while the big request is in flight."""
+
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-# --- (a) the pipeline in process ----------------------------------------------------------------
+# --- (a) the engines in process -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -119,11 +156,31 @@ def make_requests(fleet: Fleet, rounds: int, batch: int, first_ms: int) -> list[
     return requests
 
 
-def new_pipeline(config: Config, fleet: Fleet) -> Pipeline:
-    pipeline = Pipeline(config)
+def new_engine(config: Config, documents: list[dict[str, str]], engine: str) -> Engine:
+    """A fresh engine of kind ``engine`` (python or native) with the fleet's table."""
+    made, _ = make_engine(replace(config, engine=engine))
     rule = config.metadata.enrich_rules[0]
-    pipeline.set_table(build_table(fleet.documents(), rule, 1, 0.0).table)
-    return pipeline
+    made.set_table(build_table(documents, rule, 1, 0.0).table)
+    return made
+
+
+def new_pipeline(config: Config, fleet: Fleet) -> Engine:
+    """The Python reference engine (the ``--profile`` path)."""
+    return new_engine(config, fleet.documents(), "python")
+
+
+def decoder(engine: Engine, max_decoded_bytes: int) -> Callable[[bytes], object]:
+    """The engine's first stage alone, for timing: decompress + decode of a request body.
+
+    The Python engine decodes into Python objects (codec.decode_write_request, with its shortcut
+    for label sets already planned); the native one scans into its C request (Core.scan).
+    """
+    core = getattr(engine, "_core", None)
+    if core is not None:
+        scan = core.scan
+        return lambda body: scan(codec.decompress(body, max_decoded_bytes))
+    known = getattr(engine, "known_label_bytes", ())
+    return lambda body: codec.decode_write_request(codec.decompress(body, max_decoded_bytes), known)
 
 
 @dataclass
@@ -131,14 +188,20 @@ class PhaseTimes:
     """Seconds spent in each step, summed over requests."""
 
     decode: float = 0.0
+    """Decompress + decode alone, timed in a separate pass (``ingest`` includes it)."""
     ingest: float = 0.0
+    """``Engine.ingest(body)``: decompress, decode and apply."""
     flush: float = 0.0
     encode: float = 0.0
     output_samples: int = 0
 
     @property
+    def apply(self) -> float:
+        return max(0.0, self.ingest - self.decode)
+
+    @property
     def total(self) -> float:
-        return self.decode + self.ingest + self.flush + self.encode
+        return self.ingest + self.flush + self.encode
 
 
 def encode_outputs(outputs: list[ViewOutput], max_samples_per_send: int) -> int:
@@ -156,33 +219,36 @@ def encode_outputs(outputs: list[ViewOutput], max_samples_per_send: int) -> int:
 
 
 def process(
-    pipeline: Pipeline,
+    engine: Engine,
     requests: Sequence[Request],
     max_samples_per_send: int,
     flush_every: int = 1,
 ) -> PhaseTimes:
-    """Push ``requests`` through ``pipeline``, flushing after every ``flush_every``-th one."""
+    """Push ``requests`` through ``engine``, flushing after every ``flush_every``-th one."""
     times = PhaseTimes()
     clock = time.perf_counter
     last = len(requests)
     for number, request in enumerate(requests, 1):
-        t0 = clock()
-        decoded = codec.decode_write_request(
-            codec.decompress(request.body), pipeline.known_label_bytes
-        )
         t1 = clock()
-        pipeline.apply(decoded, request.now_ms)
+        engine.ingest(request.body, request.now_ms)
         t2 = clock()
-        times.decode += t1 - t0
         times.ingest += t2 - t1
         if number % flush_every == 0 or number == last:
-            outputs = pipeline.flush(request.now_ms)
+            outputs = engine.flush(request.now_ms)
             t3 = clock()
             encode_outputs(outputs, max_samples_per_send)
             times.flush += t3 - t2
             times.encode += clock() - t3
             times.output_samples += sum(len(o.samples) for o in outputs)
     return times
+
+
+def time_decode(decode: Callable[[bytes], object], requests: Sequence[Request]) -> float:
+    clock = time.perf_counter
+    start = clock()
+    for request in requests:
+        decode(request.body)
+    return clock() - start
 
 
 @dataclass
@@ -200,40 +266,43 @@ def max_samples_per_send(config: Config) -> int:
     return config.remote_write[0].max_samples_per_send if config.remote_write else 2_000
 
 
-def bench_pipeline(args: argparse.Namespace, config: Config) -> PipelineResult:
+def bench_pipeline(args: argparse.Namespace, config: Config, engine: str) -> PipelineResult:
     per_send = max_samples_per_send(config)
     result = PipelineResult()
 
-    # Cold: a fresh pipeline (empty cache, no aggregation state) gets the fleet's first scrape.
+    # Cold: a fresh engine (empty cache, no aggregation state) gets the fleet's first scrape.
     # Requests hold one round only, so every series in them is new.
     for _ in range(args.repeat):
         cold_fleet = Fleet(args.pods, args.seed, churn_probability=0.0)
         cold_requests = make_requests(cold_fleet, 1, args.batch, FIRST_TIMESTAMP_MS)
-        pipeline = new_pipeline(config, cold_fleet)
-        result.cold.append(process(pipeline, cold_requests, per_send).total)
+        fresh = new_engine(config, cold_fleet.documents(), engine)
+        result.cold.append(process(fresh, cold_requests, per_send).total)
         result.cold_samples = sum(r.samples for r in cold_requests)
 
     # Warm: no churn, so every series after the warm-up has been seen before; churn is the cold
-    # path, measured above. The same requests go through a pipeline that flushes after every
+    # path, measured above. The same requests go through an engine that flushes after every
     # request and one that flushes on a timer, as the app does.
     fleet = Fleet(args.pods, args.seed, churn_probability=0.0)
     result.series_per_scrape = fleet.series_per_scrape
     rounds = WARMUP_ROUNDS + args.rounds * args.repeat
-    print(f"(a) preparing {rounds} scrapes of {fleet.series_per_scrape:,} series ...", flush=True)
+    print(f"(a) {engine}: {rounds} scrapes of {fleet.series_per_scrape:,} series ...", flush=True)
     requests = make_requests(fleet, rounds, args.batch, FIRST_TIMESTAMP_MS)
     result.requests_per_round = len(requests) / rounds
     warmup = round(WARMUP_ROUNDS * result.requests_per_round)
     per_repeat = (len(requests) - warmup) // args.repeat
     for flush_every in sorted({1, args.flush_every}):
-        pipeline = new_pipeline(config, fleet)
-        process(pipeline, requests[:warmup], per_send, flush_every)
+        warm = new_engine(config, fleet.documents(), engine)
+        decode = decoder(warm, config.max_decoded_bytes)
+        process(warm, requests[:warmup], per_send, flush_every)
         runs = result.warm.setdefault(flush_every, [])
         for index in range(args.repeat):
             chunk = requests[warmup + index * per_repeat : warmup + (index + 1) * per_repeat]
-            runs.append(process(pipeline, chunk, per_send, flush_every))
+            times = process(warm, chunk, per_send, flush_every)
+            times.decode = time_decode(decode, chunk)
+            runs.append(times)
             result.warm_samples = sum(r.samples for r in chunk)
 
-    if args.profile:
+    if args.profile and engine == "python":
         profile_pipeline(args, config, requests, warmup)
     return result
 
@@ -256,27 +325,358 @@ def profile_pipeline(
     print(out.getvalue().strip())
 
 
-def report_pipeline(result: PipelineResult, views: int) -> None:
+def report_pipeline(
+    result: PipelineResult, views: int, engine: str, summary: Summary, flush_every: int
+) -> None:
     def row(label: str, samples: int, seconds: float) -> None:
         print(f"    {label:<46}{samples / seconds:>12,.0f}{seconds / samples * 1e6:>11.2f}")
 
     print(
-        f"\n(a) pipeline in process, one core: {result.series_per_scrape:,} series per scrape,"
-        f" {result.requests_per_round:.1f} requests per scrape, {views} views,"
+        f"\n(a) {engine} engine in process, one core: {result.series_per_scrape:,} series per"
+        f" scrape, {result.requests_per_round:.1f} requests per scrape, {views} views,"
         f" median of {len(result.cold)}"
     )
     print(f"    {'':<46}{'samples/s':>12}{'µs/sample':>11}")
     samples = result.warm_samples
-    for flush_every, runs in sorted(result.warm.items()):
-        when = "every request" if flush_every == 1 else f"every {flush_every} requests"
-        row(f"warm, flush {when}", samples, statistics.median(t.total for t in runs))
-        for phase in ("decode", "ingest", "flush", "encode"):
+    for every, runs in sorted(result.warm.items()):
+        when = "every request" if every == 1 else f"every {every} requests"
+        total = statistics.median(t.total for t in runs)
+        row(f"warm, flush {when}", samples, total)
+        for phase in ("decode", "ingest", "apply", "flush", "encode"):
             seconds = statistics.median(getattr(t, phase) for t in runs)
-            row(f"  of which {phase}", samples, seconds)
-    row("cold: first scrape, fresh pipeline", result.cold_samples, statistics.median(result.cold))
+            row(f"  {PHASE_LABELS[phase]}", samples, seconds)
+            if every == flush_every:
+                summary.put(
+                    f"(1) µs/sample: {PHASE_LABELS[phase].strip()}",
+                    engine,
+                    f"{seconds / samples * 1e6:.2f}",
+                )
+        if every == flush_every:
+            summary.put(
+                f"(1) µs/sample warm total, flush every {every}",
+                engine,
+                f"{total / samples * 1e6:.2f}",
+            )
+            summary.put(
+                f"(1) samples/s warm, flush every {every}", engine, f"{samples / total:,.0f}"
+            )
+    cold = statistics.median(result.cold)
+    row("cold: first scrape, fresh engine", result.cold_samples, cold)
+    summary.put(
+        "(3) first sight: series/s, fresh engine", engine, f"{result.cold_samples / cold:,.0f}"
+    )
     any_runs = next(iter(result.warm.values()))
     outputs = statistics.median(t.output_samples for t in any_runs)
     print(f"    output samples per input sample (warm): {outputs / samples:.4f}")
+
+
+PHASE_LABELS = {
+    "decode": "decompress + decode (separate pass)",
+    "ingest": "ingest(body) as a whole",
+    "apply": "  of which apply (ingest - decode)",
+    "flush": "flush",
+    "encode": "output encoding",
+}
+
+
+# --- the summary table --------------------------------------------------------------------------
+
+
+class Summary:
+    """Rows of the final table, one column per engine, in the order rows are first put."""
+
+    def __init__(self, engines: Sequence[str]) -> None:
+        self.engines = list(engines)
+        self.rows: dict[str, dict[str, str]] = {}
+
+    def put(self, row: str, engine: str, value: str) -> None:
+        self.rows.setdefault(row, {})[engine] = value
+
+    def print(self) -> None:
+        width = max((len(row) for row in self.rows), default=10) + 2
+        columns = [
+            max([24, *(len(v.get(e, "")) + 2 for v in self.rows.values())]) for e in self.engines
+        ]
+        print("\nSummary (one run; this machine is shared and noisy: compare within a run only)")
+        header = "".join(f"{e:>{w}}" for e, w in zip(self.engines, columns, strict=True))
+        print(f"{'':<{width}}{header}")
+        for row, values in self.rows.items():
+            cells = "".join(
+                f"{values.get(e, '-'):>{w}}" for e, w in zip(self.engines, columns, strict=True)
+            )
+            print(f"{row:<{width}}{cells}")
+
+
+# --- child processes: instructions under callgrind, memory --------------------------------------
+
+WIDE_ERROR_TYPES = 40
+"""Series of the memory and big-request workloads: 500 pods x endpoints x 40 error types."""
+
+
+def wide_label_bytes(documents: Sequence[dict[str, str]], count: int) -> list[bytes]:
+    """``count`` distinct label sets of the failure counter (feeds both example views), every
+    pod of the table with ever more endpoint / error type pairs: a wide, high-cardinality fleet."""
+    pods = [document["pod"] for document in documents]
+    out: list[bytes] = []
+    combo = 0
+    while len(out) < count:
+        endpoint, error_type = divmod(combo, WIDE_ERROR_TYPES)
+        combo += 1
+        for index, pod in enumerate(pods):
+            labels = (
+                (METRIC_NAME_LABEL, FAILED_METRIC),
+                ("endpoint", f"/e{endpoint:03d}"),
+                ("error_type", f"t{error_type:02d}"),
+                ("instance", f"10.1.{index >> 8 & 255}.{index & 255}:8080"),
+                ("job", JOB),
+                ("pod", pod),
+            )
+            out.append(codec.encode_labels(labels))
+            if len(out) == count:
+                break
+    return out
+
+
+def wide_body(label_bytes: Sequence[bytes], timestamp_ms: int) -> bytes:
+    """One request with one sample per series of ``label_bytes``, snappy-compressed."""
+    sample = ((timestamp_ms, 1.0),)
+    return codec.compress(codec.encode_write_request((lb, sample) for lb in label_bytes))
+
+
+def write_requests(
+    path: Path, documents: list[dict[str, str]], requests: Iterable[Request], marker: int = 0
+) -> None:
+    """The child's input: the table's documents, a count, then one pickle per request."""
+    with path.open("wb") as out:
+        pickle.dump((documents, marker), out)
+        for request in requests:
+            pickle.dump((request.body, request.samples, request.now_ms), out)
+
+
+def read_requests(path: Path) -> tuple[list[dict[str, str]], int, Iterator[Request]]:
+    source = path.open("rb")
+    documents, marker = pickle.load(source)
+
+    def requests() -> Iterator[Request]:
+        with source:
+            while True:
+                try:
+                    body, samples, now_ms = pickle.load(source)
+                except EOFError:
+                    return
+                yield Request(body, samples, now_ms)
+
+    return documents, marker, requests()
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc/self/statm)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def child_main(args: argparse.Namespace, config: Config) -> int:
+    """Run in a child process (``--child``): one engine, one workload, figures on stdout."""
+    documents, marker, requests = read_requests(args.child_file)
+    engine = new_engine(config, documents, args.child_engine)
+    if args.child == "instructions":
+        # The first ``marker`` requests warm up; then every ingest and every flush is one
+        # callgrind dump (--dump-before=getpgid: os.getpgid is the marker, called nowhere else).
+        for number, request in enumerate(requests):
+            if number == marker:
+                os.getpgid(0)
+            engine.ingest(request.body, request.now_ms)
+            if number >= marker:
+                os.getpgid(0)
+            engine.flush(request.now_ms)
+            if number >= marker:
+                os.getpgid(0)
+        return 0
+    gc.collect()
+    before = rss_bytes()
+    started = time.perf_counter()
+    series = 0
+    now_ms = 0
+    for request in requests:
+        if series >= args.child_series:
+            break
+        engine.ingest(request.body, request.now_ms)
+        series += request.samples
+        now_ms = request.now_ms
+    ingested = time.perf_counter() - started
+    engine.flush(now_ms)
+    after = rss_bytes()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cached = engine.stats().cached_series
+    print(
+        json.dumps(
+            {
+                "series": series,
+                "cached": cached,
+                "before": before,
+                "after": after,
+                "peak": peak,
+                "seconds": ingested,
+            }
+        )
+    )
+    return 0
+
+
+def child_argv(kind: str, engine: str, path: Path, args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable, str(Path(__file__).resolve()), "--config", str(args.config),
+        "--child", kind, "--child-engine", engine, "--child-file", str(path),
+    ]  # fmt: skip
+
+
+def start_instructions(
+    args: argparse.Namespace, engines: Sequence[str], workdir: Path
+) -> dict[str, tuple[subprocess.Popen[bytes], Path, int]]:
+    """Start one callgrind child per engine (they run while the next section does)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("(2) SKIPPED: valgrind is not installed")
+        return {}
+    fleet = Fleet(args.pods, args.seed, churn_probability=0.0)
+    requests = make_requests(fleet, WARMUP_ROUNDS + 6, args.batch, FIRST_TIMESTAMP_MS)
+    warmup = round(WARMUP_ROUNDS * len(requests) / (WARMUP_ROUNDS + 6))
+    count = args.instruction_requests
+    requests = requests[: warmup + count]
+    path = workdir / "instructions.pickle"
+    write_requests(path, fleet.documents(), requests, warmup)
+    samples = sum(r.samples for r in requests[warmup:])
+    started = {}
+    for engine in engines:
+        out = workdir / f"callgrind.{engine}"
+        argv = [
+            valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-before=getpgid",
+            *child_argv("instructions", engine, path, args),
+        ]  # fmt: skip
+        with (workdir / f"callgrind.{engine}.log").open("wb") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT)
+        started[engine] = (process, out, samples)
+    print(
+        f"(2) callgrind: {len(engines)} children, {warmup} warm-up requests, then {count}"
+        f" requests of {args.batch:,} series ({samples:,} samples) measured",
+        flush=True,
+    )
+    return started
+
+
+def callgrind_total(path: Path) -> int:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("summary:") or line.startswith("totals:"):
+            return int(line.split()[1])
+    raise ValueError(f"no totals in {path}")
+
+
+def finish_instructions(
+    started: dict[str, tuple[subprocess.Popen[bytes], Path, int]], summary: Summary
+) -> None:
+    for engine, (process, out, samples) in started.items():
+        try:
+            code = process.wait(timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            code = -1
+        dumps = sorted(
+            out.parent.glob(f"{out.name}.*[0-9]"), key=lambda p: int(p.name.rsplit(".", 1)[1])
+        )
+        if code != 0 or len(dumps) < 3:
+            print(f"(2) {engine}: callgrind child failed (exit {code}, {len(dumps)} dumps)")
+            print(tail(out.parent / f"{out.name}.log"))
+            continue
+        # Dump 1 is start-up and warm-up; then ingest, flush, ingest, flush, ...
+        phases = [callgrind_total(p) for p in dumps[1:]]
+        ingest, flush = sum(phases[0::2]), sum(phases[1::2])
+        print(
+            f"(2) {engine}: Ir per input sample: ingest {ingest / samples:,.0f},"
+            f" flush {flush / samples:,.0f} ({len(phases) // 2} requests)"
+        )
+        summary.put("(2) instructions (Ir) per sample: ingest", engine, f"{ingest / samples:,.0f}")
+        summary.put("(2) instructions (Ir) per sample: flush", engine, f"{flush / samples:,.0f}")
+
+
+def bench_memory(
+    args: argparse.Namespace, engines: Sequence[str], workdir: Path, summary: Summary
+) -> None:
+    """(4) RSS growth of a fresh child per engine and size: bytes per input series."""
+    sizes = sorted(args.memory_series)
+    fleet = Fleet(args.pods, args.seed, churn_probability=0.0)
+    documents = fleet.documents()
+    print(f"\n(4) memory: preparing {max(sizes):,} distinct series ...", flush=True)
+    labels = wide_label_bytes(documents, max(sizes))
+    path = workdir / "memory.pickle"
+    batch = args.batch
+    write_requests(
+        path,
+        documents,
+        (
+            Request(
+                wide_body(labels[i : i + batch], FIRST_TIMESTAMP_MS),
+                len(labels[i : i + batch]),
+                FIRST_TIMESTAMP_MS,
+            )
+            for i in range(0, len(labels), batch)
+        ),
+    )
+    del labels
+    jobs = [
+        (engine, size)
+        for size in sorted(sizes, reverse=True)
+        for engine in engines
+        if engine != "python" or size <= args.memory_python_max
+    ]
+
+    def run(job: tuple[str, int]) -> tuple[str, int, dict[str, Any] | str]:
+        engine, size = job
+        argv = [*child_argv("memory", engine, path, args), "--child-series", str(size)]
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, timeout=CHILD_TIMEOUT_S, cwd=ROOT, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return engine, size, f"timed out after {CHILD_TIMEOUT_S:g} s"
+        if done.returncode != 0:
+            return engine, size, f"exit {done.returncode}: {done.stderr.decode()[-LOG_TAIL_CHARS:]}"
+        figures: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        return engine, size, figures
+
+    # Two at a time (two cores): RSS does not depend on how fast a child runs.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(run, jobs))
+    print(
+        f"    {'engine':<8}{'series':>11}{'RSS before':>12}{'RSS after':>12}{'peak':>10}"
+        f"{'bytes/series':>14}{'ingest s':>10}"
+    )
+    for engine, size, figures in sorted(results, key=lambda r: (r[1], r[0])):
+        if isinstance(figures, str):
+            print(f"    {engine:<8}{size:>11,}  FAILED: {figures}")
+            continue
+        series = figures["series"]
+        per_series = (figures["after"] - figures["before"]) / series
+        mib = 1024 * 1024
+        print(
+            f"    {engine:<8}{series:>11,}{figures['before'] / mib:>9.0f} MiB"
+            f"{figures['after'] / mib:>9.0f} MiB{figures['peak'] / mib:>6.0f} MiB"
+            f"{per_series:>14,.0f}{figures['seconds']:>10.1f}"
+        )
+        label = f"{series / 1e6:g} M" if series >= 1_000_000 else f"{series // 1000:,} k"
+        summary.put(f"(4) bytes per input series at {label}", engine, f"{per_series:,.0f}")
+        summary.put(
+            f"(4) RSS after ingest + flush at {label}", engine, f"{figures['after'] / mib:,.0f} MiB"
+        )
+    for size in sizes:
+        for engine in engines:
+            if engine == "python" and size > args.memory_python_max:
+                label = f"{size / 1e6:g} M" if size >= 1_000_000 else f"{size // 1000:,} k"
+                summary.put(
+                    f"(4) bytes per input series at {label}",
+                    engine,
+                    "not run (--memory-python-max)",
+                )
 
 
 # --- (b) end to end over HTTP -------------------------------------------------------------------
@@ -402,22 +802,34 @@ def start_secantus(workdir: Path) -> tuple[Child, str]:
 
 
 def proxy_config(
-    mongo_uri: str, sink_url: str, port: int, args: argparse.Namespace, workdir: Path
+    mongo_uri: str,
+    sink_url: str,
+    port: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    *,
+    engine: str = "auto",
+    durable: bool = False,
 ) -> dict[str, Any]:
     """conf/enrichproxy.yaml with its addresses pointed at this benchmark's parts.
 
     The aggregation settings are the file's unless ``--window`` / ``--lateness`` say otherwise.
+    ``durable`` adds a disk queue and the state file (with its input log next to it). The limits
+    let one request of ``--big-series`` tiny series in (section (6)).
     """
     data: dict[str, Any] = yaml.safe_load(CONFIG_PATH.read_text())
     data["listen"] = f"{LOCALHOST}:{port}"
     data["log_level"] = "warning"
+    data["engine"] = engine
     data["metadata"]["mongodb_uri"] = mongo_uri
     data["remote_write"] = [{"url": f"{sink_url}/api/v1/write"}]
-    if args.disk_queue:
+    if durable:
         data["remote_write"][0]["queue"] = {"path": str(workdir / "queue")}
         aggregation_state = data.setdefault("aggregation", {})
         aggregation_state["state_path"] = str(workdir / "state.json")
     data["shutdown_timeout"] = PROXY_SHUTDOWN_TIMEOUT
+    data["max_decoded_bytes"] = BIG_MAX_DECODED_BYTES
+    data["limits"] = {"max_series_per_request": max(2 * args.big_series, 100_000)}
     aggregation = data.setdefault("aggregation", {})
     if args.window is not None:
         aggregation["interval"] = format_duration_ms(args.window)
@@ -427,11 +839,18 @@ def proxy_config(
 
 
 def start_proxy(
-    workdir: Path, mongo_uri: str, sink_url: str, args: argparse.Namespace
+    workdir: Path,
+    mongo_uri: str,
+    sink_url: str,
+    args: argparse.Namespace,
+    *,
+    engine: str = "auto",
+    durable: bool = False,
 ) -> tuple[Child, str]:
     port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "enrichproxy.yaml"
-    config = proxy_config(mongo_uri, sink_url, port, args, workdir)
+    config = proxy_config(mongo_uri, sink_url, port, args, workdir, engine=engine, durable=durable)
     config_path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "enrichproxy", "serve", "--config", str(config_path)]
     proxy = Child("enrichproxy serve", argv, workdir / "enrichproxy.log", cwd=ROOT)
@@ -454,8 +873,12 @@ def start_proxy(
 
 async def seed(uri: str, fleet: Fleet, config: Config) -> None:
     seeder = MetadataSeeder(uri, config.metadata.database, config.metadata.collection)
+    pods = fleet.metadata()
     try:
-        await seeder.upsert(fleet.metadata())
+        # In chunks: secantusdb takes longer than the seeder's 5 s timeout for 500 upserts
+        # in one bulk write on this machine.
+        for start in range(0, len(pods), SEED_CHUNK):
+            await seeder.upsert(pods[start : start + SEED_CHUNK])
     except SeedError as exc:
         raise SkipHttp(str(exc)) from None
     finally:
@@ -504,7 +927,43 @@ class HttpResult:
     loadgen_cpu_s: float
 
 
-def bench_http(args: argparse.Namespace, config: Config) -> None:
+@dataclass
+class HttpParts:
+    """What every run of (5) and (6) shares: the sink, secantusdb, the fleet and its clock."""
+
+    workdir: Path
+    sink_url: str
+    mongo_uri: str
+    fleet: Fleet
+    clock: RoundClock
+    config: Config
+    big_labels: list[bytes] = field(default_factory=list)
+
+
+def measure_run(
+    parts: HttpParts, proxy: Child, settings: LoadSettings, args: argparse.Namespace
+) -> HttpResult:
+    """Warm-up, then one measured load run against ``proxy``."""
+    fleet, clock, mongo_uri, config = parts.fleet, parts.clock, parts.mongo_uri, parts.config
+    warmup = replace(settings, duration_ms=args.warmup, rate=0.0)
+    asyncio.run(send(warmup, fleet, clock, mongo_uri, config, progress=False))
+    before = json.loads(http_get(f"{parts.sink_url}/stats")[1])
+    proxy_cpu, own_cpu = cpu_seconds(proxy.process.pid), time.process_time()
+    report = asyncio.run(send(settings, fleet, clock, mongo_uri, config, progress=True))
+    proxy_cpu, own_cpu = (
+        cpu_seconds(proxy.process.pid) - proxy_cpu,
+        time.process_time() - own_cpu,
+    )
+    time.sleep(1.0)  # let the proxy's forwarder drain before reading what arrived
+    after = json.loads(http_get(f"{parts.sink_url}/stats")[1])
+    proxy.check_alive()
+    delivered = {key: after[key] - before[key] for key in after}
+    return HttpResult(report, delivered, proxy_cpu, own_cpu)
+
+
+def bench_http(
+    args: argparse.Namespace, config: Config, engines: Sequence[str], summary: Summary
+) -> None:
     sample_interval = None if args.wall_clock else args.sample_interval
     timestamps = (
         "wall-clock timestamps"
@@ -512,7 +971,7 @@ def bench_http(args: argparse.Namespace, config: Config) -> None:
         else f"rounds {format_duration_ms(sample_interval)} apart in sample time"
     )
     print(
-        f"\n(b) end to end over HTTP: enrichproxy serve, secantusdb, a null sink; load from this"
+        f"\n(5) end to end over HTTP: enrichproxy serve, secantusdb, a null sink; load from this"
         f" process for {args.duration / 1000:g} s after {args.warmup / 1000:g} s of warm-up,"
         f" {timestamps}",
         flush=True,
@@ -526,37 +985,164 @@ def bench_http(args: argparse.Namespace, config: Config) -> None:
         children.append(mongo)
         fleet = Fleet(args.pods, args.seed, churn_probability=args.churn_probability)
         asyncio.run(seed(mongo_uri, fleet, config))
-        proxy, proxy_url = start_proxy(workdir, mongo_uri, sink_url, args)
-        children.append(proxy)
+        parts = HttpParts(workdir, sink_url, mongo_uri, fleet, RoundClock(sample_interval), config)
         settings = LoadSettings(
-            url=f"{proxy_url}/api/v1/write",
             batch=args.batch,
             rate=args.rate,
             concurrency=args.concurrency,
             duration_ms=args.duration,
             sample_interval_ms=sample_interval,
         )
-        clock = RoundClock(sample_interval)
-        warmup = replace(settings, duration_ms=args.warmup)
-        asyncio.run(send(warmup, fleet, clock, mongo_uri, config, progress=False))
-        before = json.loads(http_get(f"{sink_url}/stats")[1])
-        proxy_cpu, own_cpu = cpu_seconds(proxy.process.pid), time.process_time()
-        report = asyncio.run(send(settings, fleet, clock, mongo_uri, config, progress=True))
-        proxy_cpu, own_cpu = (
-            cpu_seconds(proxy.process.pid) - proxy_cpu,
-            time.process_time() - own_cpu,
-        )
-        time.sleep(1.0)  # let the proxy's forwarder drain before reading what arrived
-        after = json.loads(http_get(f"{sink_url}/stats")[1])
-        proxy.check_alive()
-        delivered = {key: after[key] - before[key] for key in after}
-        print_http_report(HttpResult(report, delivered, proxy_cpu, own_cpu), args)
+        for engine in engines:
+            for kind in args.http_configs:
+                run_proxy(parts, args, engine=engine, kind=kind, settings=settings, summary=summary)
     except SkipHttp as exc:
         print(f"    SKIPPED: {exc}")
     finally:
         for child in reversed(children):
             child.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_proxy(
+    parts: HttpParts,
+    args: argparse.Namespace,
+    *,
+    engine: str,
+    kind: str,
+    settings: LoadSettings,
+    summary: Summary,
+) -> None:
+    """One proxy process: (5) at full speed, then on the memory queue (6) latency."""
+    durable = kind == "durable"
+    what = "disk queue + state file + input log" if durable else "memory queue"
+    print(f"\n    --- {engine} engine, {what}", flush=True)
+    workdir = parts.workdir / f"{engine}-{kind}"
+    proxy, proxy_url = start_proxy(
+        workdir, parts.mongo_uri, parts.sink_url, args, engine=engine, durable=durable
+    )
+    url = f"{proxy_url}/api/v1/write"
+    try:
+        result = measure_run(parts, proxy, replace(settings, url=url), args)
+        print_http_report(result, args)
+        report = result.report
+        rate = report.accepted_per_second
+        per_cpu = report.samples_accepted / result.proxy_cpu_s if result.proxy_cpu_s else 0.0
+        elapsed = report.elapsed_s or 1.0
+        summary.put(f"(5) HTTP {kind}: samples/s accepted", engine, f"{rate:,.0f}")
+        summary.put(f"(5) HTTP {kind}: samples per proxy CPU-s", engine, f"{per_cpu:,.0f}")
+        summary.put(
+            f"(5) HTTP {kind}: proxy / load generator cores",
+            engine,
+            f"{result.proxy_cpu_s / elapsed:.2f} / {result.loadgen_cpu_s / elapsed:.2f}",
+        )
+        summary.put(
+            f"(5) HTTP {kind}: p50 / p99 ms at full speed",
+            engine,
+            f"{report.latency_ms(0.5):.0f} / {report.latency_ms(0.99):.0f}",
+        )
+        if durable or args.latency_duration <= 0 or rate <= 0:
+            return
+        paced = replace(settings, url=url, rate=rate / 2, duration_ms=args.latency_duration)
+        half = asyncio.run(
+            send(paced, parts.fleet, parts.clock, parts.mongo_uri, parts.config, progress=False)
+        )
+        print(
+            f"    (6) paced at {rate / 2:,.0f} samples/s for {args.latency_duration / 1000:g} s:"
+            f" {half.accepted_per_second:,.0f} accepted, latency p50 / p99"
+            f" {half.latency_ms(0.5):.1f} / {half.latency_ms(0.99):.1f} ms"
+        )
+        summary.put(
+            "(6) write p50 / p99 ms at half the max rate",
+            engine,
+            f"{half.latency_ms(0.5):.1f} / {half.latency_ms(0.99):.1f}",
+        )
+        if args.big_series > 0:
+            big_request(parts, args, engine=engine, url=url, proxy=proxy, summary=summary)
+    finally:
+        proxy.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class BigResult:
+    big_status: str = ""
+    big_latency_ms: float = 0.0
+    small: list[float] = field(default_factory=list)
+    """Latencies (ms) of the small writes started while the big request was in flight."""
+    small_statuses: Counter[str] = field(default_factory=Counter)
+
+
+async def _timed_post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[str, float]:
+    started = time.perf_counter()
+    try:
+        async with session.post(url, data=body, headers=REMOTE_WRITE_HEADERS) as response:
+            await response.read()
+            status = str(response.status)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        status = type(exc).__name__
+    return status, (time.perf_counter() - started) * 1000.0
+
+
+async def big_and_small(
+    url: str, big: bytes, fleet: Fleet, clock: RoundClock, batch: int
+) -> BigResult:
+    """Post ``big``, then at once small writes one after the other until it is answered."""
+    result = BigResult()
+    encoder = RequestEncoder()
+    batcher = Batcher(batch)
+    timeout = aiohttp.ClientTimeout(total=CHILD_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        big_task = asyncio.create_task(_timed_post(session, url, big))
+        await asyncio.sleep(0)
+        while not big_task.done():
+            if len(batcher) < batch:
+                batcher.add(fleet.scrape(clock.next(time.time_ns() // 1_000_000)).samples)
+            body = encoder.body(batcher.take())
+            status, latency = await _timed_post(session, url, body)
+            result.small.append(latency)
+            result.small_statuses[status] += 1
+            await asyncio.sleep(SMALL_WRITE_GAP_S)
+        result.big_status, result.big_latency_ms = await big_task
+    return result
+
+
+def big_request(
+    parts: HttpParts,
+    args: argparse.Namespace,
+    *,
+    engine: str,
+    url: str,
+    proxy: Child,
+    summary: Summary,
+) -> None:
+    """(6) A small write's latency while one request of ``--big-series`` new series is applied."""
+    if len(parts.big_labels) != args.big_series:
+        documents = parts.fleet.documents()
+        parts.big_labels = wide_label_bytes(documents, args.big_series)
+    big = wide_body(parts.big_labels, parts.clock.next(time.time_ns() // 1_000_000))
+    result = asyncio.run(big_and_small(url, big, parts.fleet, parts.clock, args.batch))
+    proxy.check_alive()
+    small = sorted(result.small)
+    statuses = ", ".join(f"{s}: {n}" for s, n in sorted(result.small_statuses.items()))
+    p99 = percentile(small, 0.99) if small else 0.0
+    print(
+        f"    (6) one request of {args.big_series:,} new series ({len(big) / 1e6:.1f} MB):"
+        f" answered {result.big_status} in {result.big_latency_ms / 1000:.2f} s; {len(small)}"
+        f" small writes ({args.batch:,} series) meanwhile: max {max(small, default=0):.0f} ms,"
+        f" p99 {p99:.0f} ms, p50 {percentile(small, 0.5) if small else 0:.0f} ms ({statuses})"
+    )
+    label = f"{args.big_series:,}"
+    summary.put(
+        f"(6) request of {label} new series: status, seconds",
+        engine,
+        f"{result.big_status}, {result.big_latency_ms / 1000:.2f}",
+    )
+    summary.put(
+        "(6) small writes during it: max / p99 ms (n)",
+        engine,
+        f"{max(small, default=0):.0f} / {p99:.0f} ({len(small)})",
+    )
 
 
 def print_http_report(result: HttpResult, args: argparse.Namespace) -> None:
@@ -601,9 +1187,42 @@ def duration_arg(text: str) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="enrichproxy benchmarks: (a) pipeline in process, (b) end to end over HTTP"
+        description="enrichproxy benchmarks: both engines in process, memory, over HTTP"
     )
-    parser.add_argument("--only", choices=("pipeline", "http"), help="run one benchmark")
+    parser.add_argument(
+        "--only",
+        choices=("pipeline", "instructions", "memory", "http"),
+        help="run one section: pipeline (1, 3), instructions (2), memory (4), http (5, 6)",
+    )
+    parser.add_argument(
+        "--engines",
+        type=engine_list,
+        default=list(ENGINES),
+        help="comma-separated engines to compare (default python,native)",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="(2) also count instructions per sample under valgrind --tool=callgrind",
+    )
+    parser.add_argument(
+        "--instruction-requests",
+        type=int,
+        default=20,
+        help="(2) warm requests measured under callgrind (default 20)",
+    )
+    parser.add_argument(
+        "--memory-series",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[100_000, 1_000_000],
+        help="(4) input series counts (default 100000,1000000)",
+    )
+    parser.add_argument(
+        "--memory-python-max",
+        type=int,
+        default=1_000_000,
+        help="(4) largest count the Python engine is measured at (default 1000000)",
+    )
     parser.add_argument("--pods", type=int, default=500, help="fleet size (default 500)")
     parser.add_argument("--batch", type=int, default=2_000, help="series per request")
     parser.add_argument("--seed", type=int, default=1, help="fleet random seed")
@@ -620,20 +1239,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="(a) also print a cProfile")
     parser.add_argument("--profile-top", type=int, default=25, help="(a) profile rows shown")
     parser.add_argument(
-        "--duration", type=duration_arg, default=20_000, help="(b) measured time (default 20s)"
+        "--duration", type=duration_arg, default=8_000, help="(5) measured time (default 8s)"
     )
     parser.add_argument(
-        "--warmup", type=duration_arg, default=3_000, help="(b) unmeasured time first (3s)"
+        "--warmup", type=duration_arg, default=2_000, help="(5) unmeasured time first (2s)"
     )
     parser.add_argument(
         "--rate", type=float, default=0.0, help="(b) samples/s offered, 0 = as fast as taken"
     )
-    parser.add_argument("--concurrency", type=int, default=8, help="(b) requests in flight")
+    parser.add_argument("--concurrency", type=int, default=8, help="(5) requests in flight")
     parser.add_argument(
         "--disk-queue",
         action="store_true",
-        help="(b) run the proxy with a disk queue and an aggregation state file",
+        help="(5) only the durable runs: disk queue, aggregation state file and input log",
     )
+    parser.add_argument(
+        "--http-configs",
+        type=lambda text: [part for part in text.split(",") if part],
+        default=list(HTTP_CONFIGS),
+        help="(5) proxy configurations: memory (memory queue), durable (disk queue, state file,"
+        " input log); default memory,durable",
+    )
+    parser.add_argument(
+        "--latency-duration",
+        type=int,
+        default=6_000,
+        help="(6) ms of paced sending at half the measured rate (default 6000, 0 = skip (6))",
+    )
+    parser.add_argument(
+        "--big-series",
+        type=int,
+        default=1_000_000,
+        help="(6) series of the big request (default 1000000, 0 = skip it)",
+    )
+    parser.add_argument("--child", choices=("instructions", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-engine", default="python", help=argparse.SUPPRESS)
+    parser.add_argument("--child-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-series", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--sample-interval",
         type=duration_arg,
@@ -659,7 +1301,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--lateness", type=duration_arg, help="(b) aggregation lateness (default: the config's)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.disk_queue:
+        args.http_configs = ["durable"]
+    for kind in args.http_configs:
+        if kind not in HTTP_CONFIGS:
+            parser.error(
+                f"--http-configs: unknown {kind!r} (choose from {', '.join(HTTP_CONFIGS)})"
+            )
+    return args
+
+
+def engine_list(text: str) -> list[str]:
+    engines = [part.strip() for part in text.split(",") if part.strip()]
+    for engine in engines:
+        if engine not in ENGINES:
+            raise argparse.ArgumentTypeError(f"unknown engine {engine!r}: python or native")
+    if not engines:
+        raise argparse.ArgumentTypeError("no engine")
+    return engines
 
 
 def environment() -> Iterator[str]:
@@ -674,12 +1334,31 @@ def environment() -> Iterator[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(str(args.config))
-    print("enrichproxy benchmarks:", "; ".join(environment()))
-    if args.only in (None, "pipeline"):
-        result = bench_pipeline(args, config)
-        report_pipeline(result, len(config.views))
+    if args.child:
+        return child_main(args, config)
+    engines = args.engines
+    summary = Summary(engines)
+    print("enrichproxy benchmarks:", "; ".join(environment()), f"; engines: {', '.join(engines)}")
+    workdir = Path(tempfile.mkdtemp(prefix="enrichproxy-bench-children-"))
+    try:
+        started = {}
+        if args.instructions or args.only == "instructions":
+            # Instruction counts do not depend on what else runs: the callgrind children run
+            # alongside the in-process section and the memory children.
+            started = start_instructions(args, engines, workdir)
+        if args.only in (None, "pipeline"):
+            for engine in engines:
+                result = bench_pipeline(args, config, engine)
+                report_pipeline(result, len(config.views), engine, summary, args.flush_every)
+        if args.only in (None, "memory"):
+            bench_memory(args, engines, workdir, summary)
+        if started:
+            finish_instructions(started, summary)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     if args.only in (None, "http"):
-        bench_http(args, config)
+        bench_http(args, config, engines, summary)
+    summary.print()
     return 0
 
 
