@@ -371,23 +371,30 @@ static void hand_over(View *view, int32_t id, int64_t window) {
         record(view, predecessor, window, input_contribution(old), 0);
 }
 
-void view_observe(View *view, int32_t id, int64_t timestamp_ms, double value) {
+/* What observe and end share: the sample's window, or 0 when it is late or out of order
+ * (counted); an admitted sample moves the input's time and the watermark and ends a move. */
+static inline int admit(View *view, int32_t id, int64_t timestamp_ms, int64_t *window_out) {
     int64_t window = (int64_t)ep_ceildiv(timestamp_ms, view->interval_ms);
     if (window <= view->closed_window) {
         view->late_samples++;
-        return;
+        return 0;
     }
     Input *input = &view->inputs[id];
     if (timestamp_ms <= input->last_seen_ms) {
         view->out_of_order_samples++;
-        return;
+        return 0;
     }
     input->last_seen_ms = timestamp_ms;
     if (timestamp_ms > view->max_timestamp_ms) view->max_timestamp_ms = timestamp_ms;
-    if (input->predecessor != NO_ID) {
-        hand_over(view, id, window);
-        input = &view->inputs[id];
-    }
+    if (input->predecessor != NO_ID) hand_over(view, id, window);
+    *window_out = window;
+    return 1;
+}
+
+void view_observe(View *view, int32_t id, int64_t timestamp_ms, double value) {
+    int64_t window;
+    if (!admit(view, id, timestamp_ms, &window)) return;
+    Input *input = &view->inputs[id];
     double contribution;
     if (input->flags & INPUT_COUNTER) {
         if ((input->flags & INPUT_HAS_VALUE) && value < input->last_value)
@@ -415,22 +422,9 @@ void view_observe(View *view, int32_t id, int64_t timestamp_ms, double value) {
 }
 
 void view_end(View *view, int32_t id, int64_t timestamp_ms) {
-    int64_t window = (int64_t)ep_ceildiv(timestamp_ms, view->interval_ms);
-    if (window <= view->closed_window) {
-        view->late_samples++;
-        return;
-    }
+    int64_t window;
+    if (!admit(view, id, timestamp_ms, &window)) return;
     Input *input = &view->inputs[id];
-    if (timestamp_ms <= input->last_seen_ms) {
-        view->out_of_order_samples++;
-        return;
-    }
-    input->last_seen_ms = timestamp_ms;
-    if (timestamp_ms > view->max_timestamp_ms) view->max_timestamp_ms = timestamp_ms;
-    if (input->predecessor != NO_ID) {
-        hand_over(view, id, window);
-        input = &view->inputs[id];
-    }
     input->flags &= (uint8_t)~INPUT_LIVE;
     record(view, id, window, input_contribution(input), 0);
 }
