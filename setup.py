@@ -18,9 +18,9 @@ setup(
         Extension(
             "enrichproxy.engine._native",
             sources=[
-                f"{SOURCES}/{name}.c" for name in ("util", "wire", "aggregate", "core")
+                f"{SOURCES}/{name}.c" for name in ("util", "wire", "aggregate", "plan", "keys", "core")
             ],
-            depends=[f"{SOURCES}/{name}.h" for name in ("common", "wire", "aggregate")],
+            depends=[f"{SOURCES}/{name}.h" for name in ("common", "wire", "aggregate", "plan", "keys")],
             extra_compile_args=FLAGS,
             extra_link_args=os.environ.get("ENRICHPROXY_NATIVE_LDFLAGS", "").split(),
         )

@@ -14,6 +14,7 @@ metrics.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,6 +106,27 @@ class InputState:
     """What it adds to that group now."""
 
 
+IngestSteps = Generator[None, None, IngestResult]
+"""An ingest done in steps of bounded work (``Engine.ingest_steps``): each ``next`` does one
+step; the last one's StopIteration carries the result."""
+
+
+def one_step(work: Callable[[], IngestResult]) -> IngestSteps:
+    """An ingest whose whole work is one step (run at the first ``next``)."""
+    yield from ()
+    return work()
+
+
+def run_steps(steps: IngestSteps) -> IngestResult:
+    """Every step of ``steps`` at once: for callers with nothing else to do meanwhile."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: IngestResult = done.value
+            return result
+
+
 class Engine(Protocol):
     """The data path as the server drives it. Not thread-safe: one caller at a time."""
 
@@ -118,6 +140,20 @@ class Engine(Protocol):
         """Apply the remote-write request ``body``, exactly as received (snappy-compressed
         protobuf), to every view. PayloadTooLarge past ``max_decoded_bytes``, DecodeError or
         LimitExceeded leave no sample of the request applied."""
+        ...
+
+    def prepare(self, body: bytes) -> object:
+        """The first part of ``ingest``: decompress (and decode, as far as that reads no state
+        of the engine). Safe to call from another thread while the engine is in use; raises
+        what ``ingest`` raises for a body it refuses."""
+        ...
+
+    def ingest_steps(self, prepared: object, now_ms: int) -> IngestSteps:
+        """The rest of ``ingest`` for ``prepare``'s result, in steps of bounded work, so that a
+        huge request does not hold up the others. Between two steps the caller may ingest other
+        requests and change tables, but must not flush, reconfigure, export or restore state:
+        a request is applied as a whole before any of those. Errors come from the first step
+        and leave no sample of the request applied."""
         ...
 
     def flush(self, now_ms: int, final: bool = False) -> list[ViewOutput]:

@@ -12,6 +12,12 @@ reason, capped views; shared by many series, so registered once), the views it f
 inputs the core attached), and the metadata keys it depends on (as small integers, so that a
 table change forgets only the plans that looked up a changed key).
 
+Most first sights never reach Python one by one: the planner's decisions depend only on the
+values of a few *signature* labels (the metric name, the join's keys and fields, the labels the
+views' selectors test), so the planner works out one series per distinct signature and hands
+the core a *template* (plan.h); the core plans every other series of that signature itself,
+passing the labels no decision looks at straight into the views that keep them.
+
 The tests run the whole suite against both engines and compare them sample for sample
 (tests/test_engine_differential.py); where they could differ, this module copies the reference
 line by line and says so.
@@ -32,10 +38,12 @@ from enrichproxy.engine.interface import (
     EngineStats,
     GroupState,
     IngestResult,
+    IngestSteps,
     InputState,
     Reconfiguration,
     ViewOutput,
     ViewStats,
+    run_steps,
 )
 from enrichproxy.engine.limits import check_labels, check_series_count
 from enrichproxy.engine.pipeline import (
@@ -51,16 +59,21 @@ from enrichproxy.engine.pipeline import (
     view_definition,
 )
 from enrichproxy.engine.planner import Planner
-from enrichproxy.engine.views import Skip
+from enrichproxy.engine.views import QUANTILE_LABEL, Skip
 from enrichproxy.errors import DecodeError
 from enrichproxy.metadata.table import Key, MetadataTable
-from enrichproxy.model import METRIC_NAME_LABEL, Labels, MetricMetadata, OutputSample
+from enrichproxy.model import (
+    METRIC_NAME_LABEL,
+    VIEW_LABEL,
+    Labels,
+    MetricMetadata,
+    OutputSample,
+)
 from enrichproxy.wire.codec import (
     DecodedRequest,
     decode_labels,
     decode_metadata,
     decompress,
-    encode_labels,
     encode_write_request,
 )
 
@@ -77,6 +90,17 @@ DROP_REASONS = (
 )
 _REASON_NUMBER = {reason: number for number, reason in enumerate(DROP_REASONS)}
 NO_DEPENDENCY = -1
+# core.plan's requests to the planner.
+MAKE_TEMPLATES = 1
+PLAN_ONE = 2
+GO_ON = 3
+# The work of one step of ingest_steps (a few milliseconds each).
+PLAN_SERIES_PER_STEP = 8_192
+APPLY_SERIES_PER_STEP = 32_768
+PYTHON_PLANS_PER_STEP = 128
+MAX_TEMPLATES = 1_000_000
+"""Templates kept before they are all dropped (each is one distinct signature: when there are
+this many, signatures are hardly shared and templates only cost memory)."""
 
 # One key per process: nobody outside can predict which label sets collide in the tables.
 _native.seed(os.urandom(16))
@@ -103,8 +127,22 @@ class NativeEngine:
         self._kinds: dict[KindKey, int] = {}
         # (rule index, key) → the small integer the core stores per plan for that lookup.
         self._dependencies: dict[tuple[int, Key], int] = {}
-        # Per view, encoded output labels → labels (the core keeps only the bytes).
-        self._group_labels: list[dict[bytes, Labels]] = [{} for _ in config.views]
+        self._signature = signature_names(self.planner)
+        self._configure_templates()
+
+    def _configure_templates(self) -> None:
+        """Tell the core the signature labels, what each view keeps, its cap and the limits
+        (again whenever the planner's limits are replaced)."""
+        planner = self.planner
+        limits = self._limits = planner.limits
+        self._core.configure_templates(
+            [name.encode() for name in sorted(self._signature)],
+            [sorted(name.encode() for name in view.view.keep) for view in planner.views],
+            [view.max_series for view in planner.views],
+            limits.max_labels_per_series,
+            limits.max_label_name_length,
+            limits.max_label_value_length,
+        )
 
     # --- inputs to the cached decisions ---------------------------------------------------------
 
@@ -120,12 +158,15 @@ class NativeEngine:
         numbers = [
             number for key in changed if (number := dependencies.get((rule_index, key))) is not None
         ]
+        # A changed key can change any template that looked it up, or that missed it.
+        self._core.clear_templates()
         if numbers:
             self._core.forget_plans_with(rule_index, numbers)
         return True
 
     def _forget_plans(self) -> None:
         self._core.forget_plans()
+        self._core.clear_templates()
         self._dependencies.clear()
 
     def learn_types(self, metadata: list[MetricMetadata]) -> None:
@@ -140,13 +181,24 @@ class NativeEngine:
         As in the reference, every series is planned before any sample is applied, so a
         DecodeError or LimitExceeded leaves no sample of the refused request applied.
         """
-        return self._ingest(decompress(body, self.config.max_decoded_bytes), now_ms)
+        return run_steps(self.ingest_steps(self.prepare(body), now_ms))
+
+    def prepare(self, body: bytes) -> _native.Request:
+        """Decompressed and scanned into the core's flat arrays (no engine state is read)."""
+        return self._scan(decompress(body, self.config.max_decoded_bytes))
+
+    def _scan(self, data: bytes) -> _native.Request:
+        try:
+            return self._core.scan(data)
+        except _native.WireError as exc:
+            raise DecodeError(str(exc)) from None
 
     def apply(self, request: DecodedRequest, now_ms: int) -> IngestResult:
         """An already decoded request, as the reference's ``Pipeline.apply`` takes it (tests
         and tools): encoded again and ingested."""
         series = [(raw.label_bytes, raw.samples) for raw in request.series]
-        result = self._ingest(encode_write_request(series, request.metadata), now_ms)
+        data = encode_write_request(series, request.metadata)
+        result = run_steps(self.ingest_steps(self._scan(data), now_ms))
         # Counted by the decoder only: the encoding above carries no histogram or exemplar.
         if request.histograms:
             result.dropped[DROP_NATIVE_HISTOGRAM] += request.histograms
@@ -158,25 +210,57 @@ class NativeEngine:
         """Distinct input series whose plan is cached."""
         return self._core.cached_series
 
-    def _ingest(self, data: bytes, now_ms: int) -> IngestResult:
+    def ingest_steps(self, prepared: object, now_ms: int) -> IngestSteps:
+        """Plan, then apply, a few thousand series per step (see Engine.ingest_steps).
+
+        A plan forgotten between two steps (a table or metric type changed) is made again
+        before the rest is applied; series already applied are not applied again.
+        """
+        if not isinstance(prepared, _native.Request):
+            raise TypeError("ingest_steps takes what prepare returned")
+        request = prepared
         core = self._core
-        try:
-            request = core.scan(data)
-        except _native.WireError as exc:
-            raise DecodeError(str(exc)) from None
+        data = request.buffer
         metadata = [decode_metadata(data, start, stop) for start, stop in request.metadata()]
         check_series_count(request.series_count, self.planner.limits)
         self.learn_types(metadata)
         if core.cached_series > MAX_CACHED_SERIES:
             self._forget_plans()
+        if core.templates > MAX_TEMPLATES:
+            core.clear_templates()
+        if self.planner.limits is not self._limits:
+            self._configure_templates()
+        future_limit = now_ms + MAX_FUTURE_MS
+        total: list[Any] | None = None
+        start = 0
+        count = request.series_count
         while True:
-            for label_bytes in core.misses(request):
-                if not core.has_plan(label_bytes):
-                    self._plan(label_bytes)
-            applied = core.apply(request, now_ms + MAX_FUTURE_MS)
-            if applied is not None:
-                break
-        return self._result(applied, len(metadata), request)
+            python_plans = 0
+            while (step := core.plan(request, PLAN_SERIES_PER_STEP)) is not None:
+                what, payload = step
+                if what == MAKE_TEMPLATES:
+                    for label_bytes in payload:
+                        self._template(label_bytes)
+                        python_plans += 1
+                        if python_plans % PYTHON_PLANS_PER_STEP == 0:
+                            yield
+                elif what == PLAN_ONE:
+                    self._plan(payload)
+                    python_plans += 1
+                    if python_plans % PYTHON_PLANS_PER_STEP == 0:
+                        yield
+                else:
+                    yield
+            while True:
+                stop = min(count, start + APPLY_SERIES_PER_STEP)
+                applied = core.apply(request, future_limit, start, stop)
+                if applied is None:
+                    break  # plans were forgotten since: plan the rest again
+                total = list(applied) if total is None else _add_tallies(total, applied)
+                start = stop
+                if start >= count:
+                    return self._result(total, len(metadata), request)
+                yield
 
     def _result(self, applied: Any, metadata: int, request: Any) -> IngestResult:
         samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = applied
@@ -211,17 +295,12 @@ class NativeEngine:
         """The reference's Pipeline._plan, registering the result with the core."""
         planner = self.planner
         core = self._core
-        labels = decode_labels(label_bytes)
+        labels = fast_decode_labels(label_bytes)
         if planner.limits.checks_labels:
             check_labels(labels, planner.limits)
         enriched = planner.enrich(labels)
         slots = tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps))
-        dependencies = [NO_DEPENDENCY] * len(planner.rules)
-        for index, step in enumerate(enriched.steps):
-            if step.key is not None:
-                dependencies[index] = self._dependencies.setdefault(
-                    (index, step.key), len(self._dependencies)
-                )
+        dependencies = self._dependency_numbers(enriched.steps)
         if enriched.labels is None:
             core.set_plan(
                 label_bytes, self._kind(slots, 0, DROP_METADATA_MISSING, 0), 0, dependencies
@@ -241,12 +320,11 @@ class NativeEngine:
             if isinstance(projected, Skip):
                 unsummable = unsummable or projected is Skip.UNSUMMABLE
                 continue
-            output = encode_labels(projected)
+            output = fast_encode_labels(projected)
             if not core.admits(index, output, view.max_series):
                 capped |= 1 << index
                 continue
             core.attach(index, label_bytes, output, is_counter)
-            self._group_labels[index].setdefault(output, projected)
             feeds |= 1 << index
         drop_reason = ""
         if not feeds:
@@ -255,6 +333,55 @@ class NativeEngine:
                 drop_reason = DROP_CARDINALITY_LIMIT
         kind = self._kind(slots, enriched.conflicts, drop_reason, capped)
         core.set_plan(label_bytes, kind, feeds, dependencies)
+
+    def _template(self, label_bytes: bytes) -> None:
+        """The decisions for every series with the signature of ``label_bytes`` (which the core
+        found in the plain form and within the limits), as ``_plan`` makes them for one series:
+        each fed view's labels that are signature labels; the core adds the rest per series."""
+        planner = self.planner
+        labels = fast_decode_labels(label_bytes)
+        enriched = planner.enrich(labels)
+        slots = tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps))
+        dependencies = self._dependency_numbers(enriched.steps)
+        no_views = [b""] * len(planner.views)
+        if enriched.labels is None:
+            kind = self._kind(slots, 0, DROP_METADATA_MISSING, 0)
+            self._core.add_template(label_bytes, kind, 0, False, dependencies, no_views)
+            return
+        metric_name = dict(enriched.labels).get(METRIC_NAME_LABEL)
+        if not metric_name:
+            kind = self._kind(slots, 0, DROP_NO_METRIC_NAME, 0)
+            self._core.add_template(label_bytes, kind, 0, False, dependencies, no_views)
+            return
+        signature = self._signature
+        fixed = []
+        feeds = 0
+        unsummable = False
+        for index, view in enumerate(planner.views):
+            projected = view.view.project(enriched.labels)
+            if isinstance(projected, Skip):
+                unsummable = unsummable or projected is Skip.UNSUMMABLE
+                fixed.append(b"")
+                continue
+            fixed.append(
+                fast_encode_labels(tuple(pair for pair in projected if pair[0] in signature))
+            )
+            feeds |= 1 << index
+        drop_reason = ""
+        if not feeds:
+            drop_reason = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
+        kind = self._kind(slots, enriched.conflicts, drop_reason, 0)
+        is_counter = planner.types.is_counter(metric_name)
+        self._core.add_template(label_bytes, kind, feeds, is_counter, dependencies, fixed)
+
+    def _dependency_numbers(self, steps: Any) -> list[int]:
+        dependencies = [NO_DEPENDENCY] * len(self.planner.rules)
+        for index, step in enumerate(steps):
+            if step.key is not None:
+                dependencies[index] = self._dependencies.setdefault(
+                    (index, step.key), len(self._dependencies)
+                )
+        return dependencies
 
     def _kind(self, slots: tuple[int, ...], conflicts: int, drop_reason: str, capped: int) -> int:
         # A plan that feeds a view has no drop reason; the core never reads it then.
@@ -300,7 +427,6 @@ class NativeEngine:
                 continue
             if successor.planner.views[position].continues(view):
                 successor._core.adopt_view(position, self._core, index)
-                successor._group_labels[position] = self._group_labels[index]
                 result.kept.append(view.name)
                 continue
             result.restarted.append(view.name)
@@ -323,7 +449,6 @@ class NativeEngine:
         states = {}
         for index, view in enumerate(self.planner.views):
             closed_window, max_timestamp_ms, groups = self._core.export_view(index)
-            labels_of = self._group_labels[index]
             states[view.name] = {
                 "format": STATE_FORMAT,
                 "interval_ms": view.settings.interval_ms,
@@ -331,7 +456,7 @@ class NativeEngine:
                 "max_timestamp_ms": max_timestamp_ms,
                 "groups": [
                     {
-                        "labels": [list(pair) for pair in labels_of[label_bytes]],
+                        "labels": [list(pair) for pair in fast_decode_labels(label_bytes)],
                         "retired": retired,
                         "emitted_live": emitted_live,
                         "open_windows": open_windows,
@@ -393,8 +518,7 @@ class NativeEngine:
         predecessors: list[tuple[int, list[int]]] = []
         for saved in state["groups"]:
             labels = tuple((str(name), str(value)) for name, value in saved["labels"])
-            label_bytes = encode_labels(labels)
-            self._group_labels[index][label_bytes] = labels
+            label_bytes = fast_encode_labels(labels)
             group = core.restore_group(
                 index,
                 label_bytes,
@@ -444,7 +568,7 @@ class NativeEngine:
         return bool(self._core.received(input_key))
 
     def view_group(self, view_index: int, output: Labels) -> GroupState | None:
-        found = self._core.group_state(view_index, encode_labels(output))
+        found = self._core.group_state(view_index, fast_encode_labels(output))
         if found is None:
             return None
         value, inputs, live_inputs, retired = found
@@ -455,7 +579,41 @@ class NativeEngine:
         if found is None:
             return None
         label_bytes, contribution = found
-        return InputState(self._group_labels[view_index][label_bytes], contribution)
+        return InputState(fast_decode_labels(label_bytes), contribution)
+
+
+def _add_tallies(total: list[Any], more: tuple[Any, ...]) -> list[Any]:
+    """Two of core.apply's tallies as one (counts add up, bit sets join)."""
+    samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = more
+    total[0] += samples
+    total[1] += conflicts
+    for index, values in ((2, lookups), (3, dropped), (5, capped), (7, late), (8, ooo)):
+        total[index] = [a + b for a, b in zip(total[index], values, strict=True)]
+    total[4] |= dropped_seen
+    total[6] |= capped_seen
+    return total
+
+
+def fast_decode_labels(label_bytes: bytes) -> Labels:
+    """codec.decode_labels, in C for label bytes in the plain form (nearly all)."""
+    decoded: Labels | None = _native.decode_labels(label_bytes)
+    return decode_labels(label_bytes) if decoded is None else decoded
+
+
+fast_encode_labels = _native.encode_labels
+
+
+def signature_names(planner: Planner) -> frozenset[str]:
+    """The labels the planner's decisions depend on (see the module docstring): two series
+    that agree on these get the same decisions, and differ only in labels passed through."""
+    names = {METRIC_NAME_LABEL, QUANTILE_LABEL, VIEW_LABEL}
+    for rule in planner.rules:
+        names.update(rule.key_labels)
+        names.update(rule.fields)
+    for view in planner.views:
+        if view.view.match is not None:
+            names.update(matcher.name for matcher in view.view.match.matchers)
+    return frozenset(names)
 
 
 def decode_write_request_natively(

@@ -27,10 +27,12 @@ from enrichproxy.engine.interface import (
     EngineStats,
     GroupState,
     IngestResult,
+    IngestSteps,
     InputState,
     Reconfiguration,
     ViewOutput,
     ViewStats,
+    one_step,
 )
 from enrichproxy.engine.limits import check_labels, check_series_count
 from enrichproxy.engine.planner import Planner, ViewPlan
@@ -175,10 +177,20 @@ class Pipeline:
 
         The labels of series already planned are not decoded again (codec.decode_write_request).
         """
-        request = decode_write_request(
-            decompress(body, self.max_decoded_bytes), self.known_label_bytes
+        return self.apply(decode_write_request(self.prepare(body), self.known_label_bytes), now_ms)
+
+    def prepare(self, body: bytes) -> bytes:
+        """Decompressed only: decoding reads the plans (the labels of known series are not
+        decoded again)."""
+        return decompress(body, self.max_decoded_bytes)
+
+    def ingest_steps(self, prepared: object, now_ms: int) -> IngestSteps:
+        """One step: the reference plans and applies a request as a whole."""
+        if not isinstance(prepared, bytes):
+            raise TypeError("ingest_steps takes what prepare returned")
+        return one_step(
+            lambda: self.apply(decode_write_request(prepared, self.known_label_bytes), now_ms)
         )
-        return self.apply(request, now_ms)
 
     def apply(self, request: DecodedRequest, now_ms: int) -> IngestResult:
         """Apply every sample of ``request`` to every view it belongs to.

@@ -56,7 +56,9 @@ from enrichproxy.metadata.store import (
     Source,
     TableUpdate,
 )
+from enrichproxy.server import engine_gate
 from enrichproxy.server.auth import authenticator_for
+from enrichproxy.server.engine_gate import EngineGate
 from enrichproxy.server.telemetry import EXPOSITION_CONTENT_TYPE, Telemetry
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ RW1_MESSAGE = "prometheus.WriteRequest"
 RW2_MESSAGE = "io.prometheus.write.v2.Request"
 # How often complete windows are looked for. Windows are seconds long; this only bounds how
 # much later than necessary a complete window leaves.
+MAX_FLUSH_DELAY_SECONDS = 5.0
+"""How long the flusher lets large requests in progress put it off before it waits for them."""
 FLUSH_TICK_SECONDS = 0.25
 # Stopping the metadata store: how often to cancel it, and how long to wait after each time. A
 # cancellation normally ends it within milliseconds; see stop_metadata for the exception.
@@ -96,6 +100,8 @@ class Proxy:
     replaying: bool = False
     """The input log of the last run is being applied again: writes wait (503)."""
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    gate: EngineGate = field(default_factory=EngineGate)
+    """Ingests share the engine; flush, checkpoint and reload have it alone (engine_gate)."""
     """Held by a reload, and by the flusher while it emits: no window leaves mid-reload."""
 
     @property
@@ -141,7 +147,8 @@ async def handle_write(request: web.Request) -> web.Response:
     telemetry = proxy.telemetry
     telemetry.received_bytes.inc(len(body))
     started = time.perf_counter()
-    result = proxy.engine.ingest(body, now_ms())
+    async with proxy.gate.shared():
+        result = await engine_gate.ingest(proxy.engine, body, now_ms())
     telemetry.record_ingest(result)
     if proxy.input_log is not None:
         # Acknowledged only once on disk: a crash from here on replays it (durability/input_log.py).
@@ -492,15 +499,21 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def loop() -> None:
         next_checkpoint = time.monotonic() + checkpoint_interval()
+        flushed_at = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_TICK_SECONDS)
             if proxy.replaying:
                 continue  # no window closes and no checkpoint covers the log before it is in
-            async with proxy.reload_lock:
+            if proxy.gate.ingests and time.monotonic() - flushed_at < MAX_FLUSH_DELAY_SECONDS:
+                # A large request is being applied in steps: waiting for it would hold up
+                # every small write behind the flush; the windows close a tick later.
+                continue
+            flushed_at = time.monotonic()
+            async with proxy.reload_lock, proxy.gate.exclusive():
                 flush(final=False)
-            if store is not None and time.monotonic() >= next_checkpoint:
-                checkpoint(proxy)
-                next_checkpoint = time.monotonic() + checkpoint_interval()
+                if store is not None and time.monotonic() >= next_checkpoint:
+                    checkpoint(proxy)
+                    next_checkpoint = time.monotonic() + checkpoint_interval()
 
     task = asyncio.create_task(loop(), name="aggregation-flush")
     yield
@@ -511,7 +524,8 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         replay.cancel()  # the log stays: the next start replays it
         with contextlib.suppress(asyncio.CancelledError):
             await replay
-    async with proxy.reload_lock:  # a reload under way finishes first
+    # A reload under way finishes first, and so do the ingests under way.
+    async with proxy.reload_lock, proxy.gate.exclusive():
         if store is not None and not proxy.replaying:
             # The open windows stay open: the next start continues them from the checkpoint.
             flush(final=False)
@@ -556,7 +570,8 @@ async def reload_config(proxy: Proxy) -> ReloadPlan:
         for key in plan.restart_needed:
             log.warning("configuration: %s changed; it applies at the next restart", key)
         try:
-            await apply_config(proxy, plan)
+            async with proxy.gate.exclusive():
+                await apply_config(proxy, plan)
         except Exception:
             proxy.telemetry.record_reload(False, time.time())
             log.exception("configuration %s only partly applied; reload again to retry", path)

@@ -32,7 +32,8 @@ static void free_window(OpenWindow *window) {
 
 void view_free(View *view) {
     if (view == NULL) return;
-    for (size_t i = 0; i < view->inputs_len; i++) free(view->inputs[i].pending);
+    for (size_t i = 0; i < view->inputs_len; i++)
+        if (view->inputs[i].capacity > 1) free(view->inputs[i].pending.heap);
     for (size_t i = 0; i < view->groups_len; i++) {
         Group *group = &view->groups[i];
         free(group->labels);
@@ -77,8 +78,8 @@ int32_t view_new_input(View *view, int32_t group, int is_counter) {
 
 static void free_input(View *view, int32_t id) {
     Input *input = &view->inputs[id];
-    free(input->pending);
-    input->pending = NULL;
+    if (input->capacity > 1) free(input->pending.heap);
+    input->pending.heap = NULL;
     input->count = input->capacity = 0;
     input->flags = 0;
     input->generation++;
@@ -325,13 +326,25 @@ double input_contribution(const Input *input) {
 int input_push_pending(View *view, int32_t id, int64_t window, double contribution, int live) {
     Input *input = &view->inputs[id];
     if (input->count == input->capacity) {
-        uint32_t capacity = input->capacity ? input->capacity * 2 : 2;
-        Pending *grown = realloc(input->pending, capacity * sizeof(Pending));
-        if (grown == NULL) return -2;
-        input->pending = grown;
-        input->capacity = capacity;
+        if (input->capacity == 0) {
+            input->capacity = 1;
+        } else {
+            if (input->capacity >= PENDING_MAX) return -2;
+            uint32_t capacity = input->capacity * 2;
+            Pending *grown;
+            if (input->capacity == 1) {
+                grown = malloc(capacity * sizeof(Pending));
+                if (grown == NULL) return -2;
+                grown[0] = input->pending.one;
+            } else {
+                grown = realloc(input->pending.heap, capacity * sizeof(Pending));
+                if (grown == NULL) return -2;
+            }
+            input->pending.heap = grown;
+            input->capacity = (uint16_t)capacity;
+        }
     }
-    Pending *entry = &input->pending[input->count++];
+    Pending *entry = &input_pending(input)[input->count++];
     entry->window = window;
     entry->contribution = contribution;
     entry->live = (uint8_t)(live != 0);
@@ -341,9 +354,9 @@ int input_push_pending(View *view, int32_t id, int64_t window, double contributi
 /* The reference's InputSeries._record. */
 static int record(View *view, int32_t id, int64_t window, double contribution, int live) {
     Input *input = &view->inputs[id];
-    while (input->count && input->pending[input->count - 1].window > window) input->count--;
-    if (input->count && input->pending[input->count - 1].window == window) {
-        Pending *last = &input->pending[input->count - 1];
+    while (input->count && input_pending(input)[input->count - 1].window > window) input->count--;
+    if (input->count && input_pending(input)[input->count - 1].window == window) {
+        Pending *last = &input_pending(input)[input->count - 1];
         last->contribution = contribution;
         last->live = (uint8_t)(live != 0);
         return 0;
@@ -367,7 +380,7 @@ static void hand_over(View *view, int32_t id, int64_t window) {
     view->inputs[id].predecessor = NO_ID;
     if (predecessor == NO_ID) return;
     Input *old = &view->inputs[predecessor];
-    if (old->count && window < old->pending[old->count - 1].window)
+    if (old->count && window < input_pending(old)[old->count - 1].window)
         record(view, predecessor, window, input_contribution(old), 0);
 }
 
@@ -406,7 +419,7 @@ void view_observe(View *view, int32_t id, int64_t timestamp_ms, double value) {
     input->last_value = value;
     input->flags |= INPUT_HAS_VALUE | INPUT_LIVE;
     if (input->count) {
-        Pending *last = &input->pending[input->count - 1];
+        Pending *last = &input_pending(input)[input->count - 1];
         if (last->window == window) {
             last->contribution = contribution;
             last->live = 1;
@@ -490,9 +503,9 @@ int32_t view_attach(View *view, int32_t existing, int32_t entry, const uint8_t *
 
 static void settle(Input *input, int64_t window) {
     uint32_t settled = 0;
-    while (settled < input->count && input->pending[settled].window <= window) {
-        input->closed_contribution = input->pending[settled].contribution;
-        if (input->pending[settled].live)
+    while (settled < input->count && input_pending(input)[settled].window <= window) {
+        input->closed_contribution = input_pending(input)[settled].contribution;
+        if (input_pending(input)[settled].live)
             input->flags |= INPUT_CLOSED_LIVE;
         else
             input->flags &= (uint8_t)~INPUT_CLOSED_LIVE;
@@ -500,7 +513,7 @@ static void settle(Input *input, int64_t window) {
     }
     if (settled) {
         input->count -= settled;
-        memmove(input->pending, input->pending + settled, input->count * sizeof(Pending));
+        memmove(input_pending(input), input_pending(input) + settled, input->count * sizeof(Pending));
     }
 }
 

@@ -13,6 +13,7 @@
 #include "common.h"
 
 #define NO_ID (-1)
+#define PENDING_MAX 32768 /* windows one input may have pending: more is refused as out of memory */
 
 typedef struct {
     int64_t window;
@@ -34,16 +35,26 @@ typedef struct {
     double last_value;
     double offset;
     double closed_contribution;
-    Pending *pending;      /* (window, contribution, live) not yet emitted, windows ascending */
+    /* (window, contribution, live) not yet emitted, windows ascending; read it through
+     * input_pending(). One window (the usual case) is held inline, more on the heap. */
+    union {
+        Pending one;
+        Pending *heap;
+    } pending;
     int32_t group;
     int32_t predecessor;   /* an input id, or NO_ID */
     uint32_t predecessor_generation;
     uint32_t generation;   /* bumped when the slot is freed: a stale predecessor is ignored */
     int32_t entry;         /* the series table entry that maps to it; NO_ID when departed */
     uint32_t order_pos;    /* its place in View.order while it is in the view's input map */
-    uint32_t count, capacity;
+    uint16_t count, capacity; /* pending windows (at most PENDING_MAX) */
     uint8_t flags;
 } Input;
+
+/* capacity 0 or 1: inline; more: on the heap. */
+static inline Pending *input_pending(const Input *input) {
+    return input->capacity > 1 ? input->pending.heap : (Pending *)&input->pending.one;
+}
 
 typedef struct {
     uint8_t *labels; /* encoded output labels */

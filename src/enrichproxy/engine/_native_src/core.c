@@ -15,6 +15,8 @@
 #include <Python.h>
 
 #include "aggregate.h"
+#include "keys.h"
+#include "plan.h"
 #include "wire.h"
 
 #define MAX_VIEWS 32
@@ -33,8 +35,7 @@ typedef struct {
 
 typedef struct {
     uint64_t hash;
-    uint8_t *key;
-    uint32_t key_len;
+    Key key;        /* the label bytes, as interned label fields (keys.h) */
     int32_t kind;   /* NO_PLAN: no plan (the reference's plan cache does not hold it) */
     uint32_t feeds; /* bit v: the plan feeds view v */
 } Entry;
@@ -54,6 +55,11 @@ typedef struct {
     size_t nkinds, kinds_cap;
     uint64_t epoch; /* bumped whenever an entry goes away or loses its plan */
     int busy;       /* an apply runs without the GIL */
+    Templates templates;
+    int64_t view_caps[MAX_VIEWS]; /* max_series per view, 0: none */
+    Atoms atoms;                  /* the label fields of every entry's key */
+    uint8_t *key_scratch;         /* one key's bytes, written out */
+    size_t key_scratch_cap;
 } Core;
 
 typedef struct {
@@ -62,7 +68,18 @@ typedef struct {
     Batch batch;
     uint64_t epoch;
     int resolved;
+    /* Planning (Core.plan): per series its template (or NO_TEMPLATE / TEMPLATE_SLOW), found
+     * by the pass that asks for templates, valid while the core's epoch and template
+     * generation are those recorded; the instantiating pass goes on from plan_from. */
+    int32_t *template_of;
+    size_t *asked; /* series whose templates the asking pass asks for */
+    size_t nasked, ask_from;
+    size_t plan_from;
+    uint64_t plan_epoch, plan_generation;
+    int plan_phase;
 } Request;
+
+enum { PHASE_NONE = 0, PHASE_ASK = 1, PHASE_INSTANTIATE = 2 };
 
 static PyObject *WireError;
 static PyTypeObject RequestType;
@@ -76,7 +93,7 @@ static int32_t table_find(const Core *core, const uint8_t *key, size_t len, uint
         uint32_t value = core->slots[at];
         if (!value) return NO_ID;
         const Entry *entry = &core->entries[value - 1];
-        if (entry->hash == hash && entry->key_len == len && memcmp(entry->key, key, len) == 0)
+        if (entry->hash == hash && key_equals(&core->atoms, &entry->key, key, len))
             return (int32_t)(value - 1);
     }
 }
@@ -100,9 +117,10 @@ static int table_grow(Core *core) {
 
 static int32_t table_insert(Core *core, const uint8_t *key, size_t len, uint64_t hash) {
     if ((core->nentries + 1) * 2 > core->slots_cap && table_grow(core) < 0) return -2;
-    uint8_t *copy = malloc(len ? len : 1);
-    if (copy == NULL) return -2;
-    memcpy(copy, key, len);
+    Key copy;
+    memset(&copy, 0, sizeof copy);
+    if (key_set(&core->atoms, &copy, key, len) < 0) return -2;
+    copy.flags = KEY_USED;
     int32_t id;
     if (core->free_entry != NO_ID) {
         id = core->free_entry;
@@ -110,20 +128,20 @@ static int32_t table_insert(Core *core, const uint8_t *key, size_t len, uint64_t
     } else {
         size_t cap = core->entries_cap;
         if (ep_grow((void **)&core->entries, &cap, core->entries_len + 1, sizeof(Entry)) < 0) {
-            free(copy);
+            key_release(&core->atoms, &copy);
             return -2;
         }
         if (cap != core->entries_cap) {
             int32_t *inputs = realloc(core->entry_inputs, cap * (size_t)core->nviews * sizeof(int32_t));
             if (inputs == NULL) {
-                free(copy);
+                key_release(&core->atoms, &copy);
                 return -2;
             }
             core->entry_inputs = inputs;
             if (core->nrules) {
                 int32_t *deps = realloc(core->entry_deps, cap * (size_t)core->nrules * sizeof(int32_t));
                 if (deps == NULL) {
-                    free(copy);
+                    key_release(&core->atoms, &copy);
                     return -2;
                 }
                 core->entry_deps = deps;
@@ -135,7 +153,6 @@ static int32_t table_insert(Core *core, const uint8_t *key, size_t len, uint64_t
     Entry *entry = &core->entries[id];
     entry->hash = hash;
     entry->key = copy;
-    entry->key_len = (uint32_t)len;
     entry->kind = NO_PLAN;
     entry->feeds = 0;
     for (int v = 0; v < core->nviews; v++) core->entry_inputs[(size_t)id * core->nviews + v] = NO_ID;
@@ -162,8 +179,8 @@ static void table_remove(Core *core, int32_t id) {
     }
     core->slots[hole] = 0;
     Entry *entry = &core->entries[id];
-    free(entry->key);
-    entry->key = NULL;
+    key_release(&core->atoms, &entry->key);
+    entry->key.flags = 0;
     entry->kind = core->free_entry;
     core->free_entry = id;
     core->nentries--;
@@ -188,7 +205,18 @@ static void entry_forget_plan(Core *core, int32_t id) {
     if (!entry_has_inputs(core, id)) table_remove(core, id);
 }
 
-static int entry_used(const Core *core, size_t id) { return core->entries[id].key != NULL; }
+static int entry_used(const Core *core, size_t id) {
+    return core->entries[id].key.flags & KEY_USED;
+}
+
+/* The entry's key as bytes, in the core's scratch buffer (valid until the next call); NULL
+ * out of memory. */
+static const uint8_t *entry_key_bytes(Core *core, const Entry *entry, size_t *len) {
+    *len = key_length(&core->atoms, &entry->key);
+    if (ep_grow((void **)&core->key_scratch, &core->key_scratch_cap, *len + 1, 1) < 0) return NULL;
+    key_write(&core->atoms, &entry->key, core->key_scratch);
+    return core->key_scratch;
+}
 
 static void forget_input_callback(void *owner, const View *view, int32_t entry) {
     Core *core = owner;
@@ -225,13 +253,16 @@ static int check_idle(Core *core) {
 static void Core_dealloc(Core *core) {
     for (int v = 0; v < core->nviews; v++) view_free(core->views[v]);
     for (size_t i = 0; i < core->entries_len; i++)
-        if (entry_used(core, i)) free(core->entries[i].key);
+        if (entry_used(core, i)) key_release(&core->atoms, &core->entries[i].key);
+    atoms_free(&core->atoms);
+    free(core->key_scratch);
     for (size_t i = 0; i < core->nkinds; i++) free(core->kinds[i].slots);
     free(core->entries);
     free(core->entry_inputs);
     free(core->entry_deps);
     free(core->slots);
     free(core->kinds);
+    templates_free(&core->templates);
     Py_TYPE(core)->tp_free((PyObject *)core);
 }
 
@@ -253,6 +284,8 @@ static int Core_init(Core *core, PyObject *args, PyObject *kwargs) {
     core->nviews = 0;
     core->nrules = rules;
     core->free_entry = NO_ID;
+    templates_init(&core->templates);
+    core->atoms.free_atom = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         long long interval, lateness, stale_after, retention, idle_flush;
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(sequence, i), "LLLLL", &interval,
@@ -500,6 +533,12 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
     request->buffer = arg;
     request->epoch = 0;
     request->resolved = 0;
+    request->template_of = NULL;
+    request->asked = NULL;
+    request->nasked = request->ask_from = 0;
+    request->plan_from = 0;
+    request->plan_epoch = request->plan_generation = 0;
+    request->plan_phase = PHASE_NONE;
     const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(arg);
     size_t len = (size_t)PyBytes_GET_SIZE(arg);
     int status;
@@ -522,6 +561,10 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
         return NULL;
     }
     return (PyObject *)request;
+}
+
+static int series_planned(const Core *core, const SeriesRef *ref) {
+    return ref->entry != NO_ID && core->entries[ref->entry].kind != NO_PLAN;
 }
 
 /* Find every series of the request in the table; the number without a plan. */
@@ -573,10 +616,10 @@ typedef struct {
     uint32_t capped_seen;
 } Tally;
 
-static void apply_series(Core *core, const Batch *batch, int64_t *lookups, Tally *tally,
-                         int64_t future_limit) {
+static void apply_series(Core *core, const Batch *batch, size_t start, size_t stop,
+                         int64_t *lookups, Tally *tally, int64_t future_limit) {
     int nviews = core->nviews;
-    for (size_t i = 0; i < batch->nseries; i++) {
+    for (size_t i = start; i < stop; i++) {
         const SeriesRef *ref = &batch->series[i];
         const Entry *entry = &core->entries[ref->entry];
         const Kind *kind = &core->kinds[entry->kind];
@@ -633,25 +676,30 @@ static PyObject *int64_list(const int64_t *values, size_t n) {
     return list;
 }
 
-/* apply(request, future_limit_ms): every sample of a fully planned request. Returns None when
- * some series has no plan (plans were forgotten since misses(): plan them and call again), else
+/* apply(request, future_limit_ms[, start, stop]): every sample of the request's series
+ * start..stop (all by default), which must all be planned. Returns None when one is not (a plan
+ * was forgotten since: plan them and call again; nothing was applied), else
  * (samples, conflicts, lookups[3*rules], dropped[reasons], dropped_seen, capped[views],
  * capped_seen, late[views], out_of_order[views]). */
 static PyObject *Core_apply(Core *core, PyObject *args) {
     PyObject *arg;
     long long future_limit;
-    if (!PyArg_ParseTuple(args, "O!L", &RequestType, &arg, &future_limit)) return NULL;
+    Py_ssize_t start = 0, stop = PY_SSIZE_T_MAX;
+    if (!PyArg_ParseTuple(args, "O!L|nn", &RequestType, &arg, &future_limit, &start, &stop))
+        return NULL;
     if (check_idle(core) < 0) return NULL;
     Request *request = (Request *)arg;
-    if (!request->resolved || request->epoch != core->epoch) {
-        if (resolve(core, request)) Py_RETURN_NONE;
-    } else {
-        for (size_t i = 0; i < request->batch.nseries; i++) {
-            int32_t entry = request->batch.series[i].entry;
-            if (entry == NO_ID || core->entries[entry].kind == NO_PLAN) {
-                if (resolve(core, request)) Py_RETURN_NONE;
-                break;
-            }
+    size_t nseries = request->batch.nseries;
+    if (start < 0) start = 0;
+    if ((size_t)stop > nseries) stop = (Py_ssize_t)nseries;
+    if (start > stop) start = stop;
+    if (!request->resolved || request->epoch != core->epoch) resolve(core, request);
+    for (Py_ssize_t i = start; i < stop; i++) {
+        if (!series_planned(core, &request->batch.series[i])) {
+            resolve(core, request);
+            for (Py_ssize_t k = start; k < stop; k++)
+                if (!series_planned(core, &request->batch.series[k])) Py_RETURN_NONE;
+            break;
         }
     }
     size_t nlookups = 3 * (size_t)core->nrules;
@@ -666,7 +714,7 @@ static PyObject *Core_apply(Core *core, PyObject *args) {
     }
     core->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    apply_series(core, &request->batch, lookups, &tally, future_limit);
+    apply_series(core, &request->batch, (size_t)start, (size_t)stop, lookups, &tally, future_limit);
     Py_END_ALLOW_THREADS
     core->busy = 0;
     for (int v = 0; v < core->nviews; v++) {
@@ -681,6 +729,377 @@ static PyObject *Core_apply(Core *core, PyObject *args) {
         int64_list(ooo, (size_t)core->nviews));
     free(lookups);
     return result;
+}
+
+/* --- Core: plan templates (plan.h) ----------------------------------------------------------- */
+
+static int name_list_from(PyObject *names, NameList *out) {
+    memset(out, 0, sizeof *out);
+    PyObject *sequence = PySequence_Fast(names, "names must be a sequence of bytes");
+    if (sequence == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    out->names = calloc((size_t)(n ? n : 1), sizeof(uint8_t *));
+    out->lens = calloc((size_t)(n ? n : 1), sizeof(uint32_t));
+    if (out->names == NULL || out->lens == NULL) {
+        Py_DECREF(sequence);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char *data;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(PySequence_Fast_GET_ITEM(sequence, i), &data, &len) < 0) {
+            Py_DECREF(sequence);
+            return -1;
+        }
+        out->names[i] = malloc((size_t)(len ? len : 1));
+        if (out->names[i] == NULL) {
+            Py_DECREF(sequence);
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(out->names[i], data, (size_t)len);
+        out->lens[i] = (uint32_t)len;
+        out->n = (uint32_t)(i + 1);
+    }
+    Py_DECREF(sequence);
+    return 0;
+}
+
+static void name_list_release(NameList *list) {
+    for (uint32_t i = 0; i < list->n; i++) free(list->names[i]);
+    free(list->names);
+    free(list->lens);
+}
+
+/* configure_templates(signature_names, keep_per_view, caps_per_view, max_labels, max_name_len,
+ * max_value_len): names as UTF-8 bytes; caps and limits 0 for none. */
+static PyObject *Core_configure_templates(Core *core, PyObject *args) {
+    PyObject *signature, *keeps, *caps;
+    long long max_labels, max_name, max_value;
+    if (!PyArg_ParseTuple(args, "OOOLLL", &signature, &keeps, &caps, &max_labels, &max_name,
+                          &max_value))
+        return NULL;
+    if (check_idle(core) < 0) return NULL;
+    PyObject *cap_seq = PySequence_Fast(caps, "caps must be a sequence");
+    if (cap_seq == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(cap_seq) != core->nviews) {
+        Py_DECREF(cap_seq);
+        PyErr_SetString(PyExc_ValueError, "one cap per view");
+        return NULL;
+    }
+    for (int v = 0; v < core->nviews; v++) {
+        long long cap = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(cap_seq, v));
+        if (cap == -1 && PyErr_Occurred()) {
+            Py_DECREF(cap_seq);
+            return NULL;
+        }
+        core->view_caps[v] = cap;
+    }
+    Py_DECREF(cap_seq);
+    NameList sig, keep[MAX_VIEWS];
+    memset(keep, 0, sizeof keep);
+    PyObject *sequence = PySequence_Fast(keeps, "keep must be a sequence");
+    if (sequence == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(sequence) != core->nviews) {
+        Py_DECREF(sequence);
+        PyErr_SetString(PyExc_ValueError, "one keep list per view");
+        return NULL;
+    }
+    int failed = name_list_from(signature, &sig) < 0;
+    for (int v = 0; v < core->nviews && !failed; v++)
+        failed = name_list_from(PySequence_Fast_GET_ITEM(sequence, v), &keep[v]) < 0;
+    Py_DECREF(sequence);
+    if (failed) {
+        name_list_release(&sig);
+        for (int v = 0; v < core->nviews; v++) name_list_release(&keep[v]);
+        return NULL;
+    }
+    if (templates_configure(&core->templates, core->nviews, core->nrules, sig, keep, max_labels,
+                            max_name, max_value) < 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_clear_templates(Core *core, PyObject *Py_UNUSED(ignored)) {
+    if (check_idle(core) < 0) return NULL;
+    templates_clear(&core->templates);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_get_templates(Core *core, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t(core->templates.ntemplates);
+}
+
+/* add_template(label_bytes, kind, feeds, is_counter, deps, fixed_per_view): the planner's
+ * decisions for every series with the signature of label_bytes. */
+static PyObject *Core_add_template(Core *core, PyObject *args) {
+    const char *labels;
+    Py_ssize_t len;
+    int kind, is_counter;
+    unsigned int feeds;
+    PyObject *deps, *fixed;
+    if (!PyArg_ParseTuple(args, "y#iIpOO", &labels, &len, &kind, &feeds, &is_counter, &deps, &fixed))
+        return NULL;
+    if (check_idle(core) < 0) return NULL;
+    Templates *t = &core->templates;
+    if (!t->configured) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_templates first");
+        return NULL;
+    }
+    if (kind < 0 || (size_t)kind >= core->nkinds) {
+        PyErr_SetString(PyExc_ValueError, "unknown plan kind");
+        return NULL;
+    }
+    int32_t dep_values[64];
+    if (core->nrules > 64) {
+        PyErr_SetString(PyExc_ValueError, "at most 64 rules");
+        return NULL;
+    }
+    PyObject *dep_seq = PySequence_Fast(deps, "deps must be a sequence");
+    if (dep_seq == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(dep_seq) != core->nrules) {
+        Py_DECREF(dep_seq);
+        PyErr_SetString(PyExc_ValueError, "one dependency per rule");
+        return NULL;
+    }
+    for (int r = 0; r < core->nrules; r++) {
+        long dep = PyLong_AsLong(PySequence_Fast_GET_ITEM(dep_seq, r));
+        if (dep == -1 && PyErr_Occurred()) {
+            Py_DECREF(dep_seq);
+            return NULL;
+        }
+        dep_values[r] = (int32_t)dep;
+    }
+    Py_DECREF(dep_seq);
+    PyObject *fixed_seq = PySequence_Fast(fixed, "fixed must be a sequence");
+    if (fixed_seq == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(fixed_seq) != core->nviews) {
+        Py_DECREF(fixed_seq);
+        PyErr_SetString(PyExc_ValueError, "one fixed label set per view");
+        return NULL;
+    }
+    const uint8_t *fixed_bytes[MAX_VIEWS];
+    size_t fixed_len[MAX_VIEWS];
+    for (int v = 0; v < core->nviews; v++) {
+        char *data;
+        Py_ssize_t n;
+        if (PyBytes_AsStringAndSize(PySequence_Fast_GET_ITEM(fixed_seq, v), &data, &n) < 0) {
+            Py_DECREF(fixed_seq);
+            return NULL;
+        }
+        fixed_bytes[v] = (const uint8_t *)data;
+        fixed_len[v] = (size_t)n;
+    }
+    int status = series_shape(t, (const uint8_t *)labels, (size_t)len);
+    int32_t id = NO_TEMPLATE;
+    if (status == 0) {
+        id = template_find(t, t->sig, t->sig_len, t->sig_hash);
+        if (id == NO_TEMPLATE) id = template_ask(t);
+        if (id == -2) status = -2;
+    }
+    if (status == 0)
+        status = template_fill(t, id, kind, feeds, is_counter, dep_values, fixed_bytes, fixed_len);
+    Py_DECREF(fixed_seq);
+    if (status == -2) return PyErr_NoMemory();
+    if (status < 0) {
+        PyErr_SetString(PyExc_ValueError, "labels not in the plain form");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* The asking pass, from request->ask_from over at most ``budget`` unplanned series: each one's
+ * template, asking for those not ready (once per pass: their indexes go to request->asked).
+ * 0 when the pass is done, 1 when the budget ran out first, -2 out of memory. */
+static int ask_templates(Core *core, Request *request, size_t budget) {
+    Templates *t = &core->templates;
+    const Batch *batch = &request->batch;
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    uint32_t stamp = t->stamp;
+    size_t i = request->ask_from;
+    for (; i < batch->nseries; i++) {
+        const SeriesRef *ref = &batch->series[i];
+        request->template_of[i] = NO_TEMPLATE;
+        if (series_planned(core, ref)) continue;
+        if (!budget--) break;
+        int status = series_shape(t, series_labels(batch, buf, ref), ref->labels_len);
+        if (status == -2) return -2;
+        if (status < 0) {
+            request->template_of[i] = TEMPLATE_SLOW;
+            continue;
+        }
+        int32_t id = template_find(t, t->sig, t->sig_len, t->sig_hash);
+        if (id == NO_TEMPLATE) {
+            id = template_ask(t);
+            if (id == -2) return -2;
+        }
+        Template *tp = &t->templates[id];
+        if (!tp->ready && tp->stamp != stamp) {
+            tp->stamp = stamp;
+            request->asked[request->nasked++] = i;
+        }
+        request->template_of[i] = id;
+    }
+    request->ask_from = i;
+    return i < batch->nseries;
+}
+
+#define PLAN_BUDGET_SPENT (-3)
+
+/* The instantiating pass from request->plan_from: every unplanned series gets its template's
+ * plan, in request order. Returns the index of a series Python must plan on its own (a slow
+ * one, or one a view's cap leaves out), nseries when done, PLAN_BUDGET_SPENT after ``budget``
+ * series, or -2 out of memory. */
+static Py_ssize_t instantiate(Core *core, Request *request, size_t budget) {
+    Templates *t = &core->templates;
+    Batch *batch = &request->batch;
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    int nviews = core->nviews;
+    for (size_t i = request->plan_from; i < batch->nseries; i++) {
+        SeriesRef *ref = &batch->series[i];
+        if (series_planned(core, ref)) continue;
+        if (!budget--) return PLAN_BUDGET_SPENT;
+        const uint8_t *key = series_labels(batch, buf, ref);
+        int32_t found = table_find(core, key, ref->labels_len, ref->hash);
+        if (found != NO_ID && core->entries[found].kind != NO_PLAN) {
+            ref->entry = found; /* the same series earlier in this request */
+            continue;
+        }
+        int32_t id = request->template_of[i];
+        if (id < 0 || !t->templates[id].ready) return (Py_ssize_t)i;
+        const Template *tp = &t->templates[id];
+        size_t starts[MAX_VIEWS + 1], offset = 0;
+        uint64_t hashes[MAX_VIEWS];
+        if (tp->feeds) {
+            if (series_shape(t, key, ref->labels_len) < 0) return (Py_ssize_t)i;
+            for (int v = 0; v < nviews; v++) {
+                starts[v] = offset;
+                if (!(tp->feeds >> v & 1)) continue;
+                if (template_output(t, tp, v, &offset) < 0) return -2;
+            }
+            starts[nviews] = offset;
+            for (int v = 0; v < nviews; v++) {
+                if (!(tp->feeds >> v & 1)) continue;
+                size_t len = starts[v + 1] - starts[v];
+                hashes[v] = ep_hash(t->out + starts[v], len);
+                /* A cap that leaves the series out of a view: the planner counts it. */
+                if (!view_admits(core->views[v], t->out + starts[v], len, hashes[v],
+                                 core->view_caps[v]))
+                    return (Py_ssize_t)i;
+            }
+        }
+        int32_t entry = found;
+        if (entry == NO_ID) {
+            entry = table_insert(core, key, ref->labels_len, ref->hash);
+            if (entry < 0) return -2;
+        }
+        for (int v = 0; v < nviews; v++) {
+            if (!(tp->feeds >> v & 1)) continue;
+            int32_t *slot = &core->entry_inputs[(size_t)entry * nviews + v];
+            int32_t input = view_attach(core->views[v], *slot, entry, t->out + starts[v],
+                                        starts[v + 1] - starts[v], hashes[v], tp->is_counter);
+            if (input < 0) return -2;
+            *slot = input;
+        }
+        for (int r = 0; r < core->nrules; r++)
+            core->entry_deps[(size_t)entry * core->nrules + r] = tp->deps[r];
+        Entry *e = &core->entries[entry];
+        if (e->kind == NO_PLAN) core->nplans++;
+        e->kind = tp->kind;
+        e->feeds = tp->feeds;
+        ref->entry = entry;
+        request->plan_from = i + 1;
+    }
+    return (Py_ssize_t)batch->nseries;
+}
+
+static PyObject *series_key(const Request *request, size_t i) {
+    const Batch *batch = &request->batch;
+    const SeriesRef *ref = &batch->series[i];
+    return PyBytes_FromStringAndSize(
+        (const char *)series_labels(batch, (const uint8_t *)PyBytes_AS_STRING(request->buffer), ref),
+        ref->labels_len);
+}
+
+/* plan(request, budget): plan the request's unplanned series with templates, in request order,
+ * handling at most ``budget`` series per call. Returns None when every series has a plan;
+ * (MAKE_TEMPLATES, [label bytes]) when the planner must make templates for these series'
+ * signatures first; (PLAN_ONE, label bytes) when it must plan this one series itself;
+ * (GO_ON, None) when the budget ran out. Call again after doing what it says: other requests
+ * may be planned and applied in between (a plan forgotten meanwhile restarts the pass). */
+enum { MAKE_TEMPLATES = 1, PLAN_ONE = 2, GO_ON = 3 };
+
+static PyObject *Core_plan(Core *core, PyObject *args) {
+    PyObject *arg;
+    Py_ssize_t budget;
+    if (!PyArg_ParseTuple(args, "O!n", &RequestType, &arg, &budget)) return NULL;
+    if (check_idle(core) < 0) return NULL;
+    if (budget <= 0) {
+        PyErr_SetString(PyExc_ValueError, "budget must be positive");
+        return NULL;
+    }
+    Request *request = (Request *)arg;
+    Templates *t = &core->templates;
+    if (!t->configured) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_templates first");
+        return NULL;
+    }
+    size_t nseries = request->batch.nseries;
+    if (request->plan_phase == PHASE_NONE || request->plan_epoch != core->epoch ||
+        request->plan_generation != t->generation) {
+        if (request->template_of == NULL) {
+            request->template_of = malloc((nseries ? nseries : 1) * sizeof(int32_t));
+            request->asked = malloc((nseries ? nseries : 1) * sizeof(size_t));
+            if (request->template_of == NULL || request->asked == NULL) return PyErr_NoMemory();
+        }
+        resolve(core, request);
+        request->plan_phase = PHASE_ASK;
+        request->ask_from = request->nasked = 0;
+        request->plan_from = 0;
+        request->plan_epoch = core->epoch;
+        request->plan_generation = t->generation;
+        t->stamp++;
+    }
+    if (request->plan_phase == PHASE_ASK) {
+        int status;
+        core->busy = 1;
+        Py_BEGIN_ALLOW_THREADS
+        status = ask_templates(core, request, (size_t)budget);
+        Py_END_ALLOW_THREADS
+        core->busy = 0;
+        if (status == -2) return PyErr_NoMemory();
+        if (status == 1) return Py_BuildValue("(iO)", GO_ON, Py_None);
+        request->plan_phase = PHASE_INSTANTIATE;
+        if (request->nasked) {
+            Py_ssize_t n = (Py_ssize_t)request->nasked;
+            request->nasked = 0;
+            PyObject *keys = PyList_New(n);
+            if (keys == NULL) return NULL;
+            for (Py_ssize_t k = 0; k < n; k++) {
+                PyObject *key = series_key(request, request->asked[k]);
+                if (key == NULL) {
+                    Py_DECREF(keys);
+                    return NULL;
+                }
+                PyList_SET_ITEM(keys, k, key);
+            }
+            /* A template the planner does not fill stays unready: its series then go to the
+             * planner one by one. */
+            return Py_BuildValue("(iN)", MAKE_TEMPLATES, keys);
+        }
+    }
+    Py_ssize_t stopped;
+    core->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    stopped = instantiate(core, request, (size_t)budget);
+    Py_END_ALLOW_THREADS
+    core->busy = 0;
+    if (stopped == -2) return PyErr_NoMemory();
+    if (stopped == PLAN_BUDGET_SPENT) return Py_BuildValue("(iO)", GO_ON, Py_None);
+    if ((size_t)stopped == nseries) Py_RETURN_NONE;
+    request->plan_from = (size_t)stopped;
+    return Py_BuildValue("(iN)", PLAN_ONE, series_key(request, (size_t)stopped));
 }
 
 /* --- Core: flush and view state -------------------------------------------------------------- */
@@ -746,9 +1165,9 @@ static PyObject *input_state(const View *view, int32_t id, PyObject *departed_in
     PyObject *pending = PyList_New(input->count);
     if (pending == NULL) return NULL;
     for (uint32_t i = 0; i < input->count; i++) {
-        PyObject *entry = Py_BuildValue("[LdO]", (long long)input->pending[i].window,
-                                        input->pending[i].contribution,
-                                        input->pending[i].live ? Py_True : Py_False);
+        PyObject *entry = Py_BuildValue("[LdO]", (long long)input_pending(input)[i].window,
+                                        input_pending(input)[i].contribution,
+                                        input_pending(input)[i].live ? Py_True : Py_False);
         if (entry == NULL) {
             Py_DECREF(pending);
             return NULL;
@@ -840,10 +1259,12 @@ static PyObject *Core_export_view(Core *core, PyObject *args) {
         for (size_t i = 0; i < group->ninputs; i++) {
             int32_t input = group->inputs[i];
             const Entry *entry = &core->entries[s->inputs[input].entry];
-            PyObject *state = input_state(s, input, departed_index);
+            size_t key_len;
+            const uint8_t *key = entry_key_bytes(core, entry, &key_len);
+            PyObject *state = key == NULL ? PyErr_NoMemory() : input_state(s, input, departed_index);
             PyObject *pair = state == NULL ? NULL
-                                           : Py_BuildValue("(y#N)", (const char *)entry->key,
-                                                           (Py_ssize_t)entry->key_len, state);
+                                           : Py_BuildValue("(y#N)", (const char *)key,
+                                                           (Py_ssize_t)key_len, state);
             if (pair == NULL) goto fail_group;
             PyList_SET_ITEM(inputs, (Py_ssize_t)i, pair);
         }
@@ -1084,7 +1505,10 @@ static PyObject *Core_adopt_view(Core *core, PyObject *args) {
         if (id == NO_ID) continue;
         Input *input = &moved->inputs[id];
         const Entry *old = &previous->entries[input->entry];
-        int32_t entry = entry_for(core, (const char *)old->key, old->key_len, 1);
+        size_t key_len;
+        const uint8_t *key = entry_key_bytes(previous, old, &key_len);
+        if (key == NULL) return PyErr_NoMemory();
+        int32_t entry = entry_for(core, (const char *)key, (Py_ssize_t)key_len, 1);
         if (entry < 0) return NULL;
         core->entry_inputs[(size_t)entry * core->nviews + index] = id;
         input->entry = entry;
@@ -1113,6 +1537,10 @@ static PyMethodDef Core_methods[] = {
     {"scan", (PyCFunction)Core_scan, METH_O, NULL},
     {"misses", (PyCFunction)Core_misses, METH_O, NULL},
     {"apply", (PyCFunction)Core_apply, METH_VARARGS, NULL},
+    {"configure_templates", (PyCFunction)Core_configure_templates, METH_VARARGS, NULL},
+    {"add_template", (PyCFunction)Core_add_template, METH_VARARGS, NULL},
+    {"clear_templates", (PyCFunction)Core_clear_templates, METH_NOARGS, NULL},
+    {"plan", (PyCFunction)Core_plan, METH_VARARGS, NULL},
     {"flush", (PyCFunction)Core_flush, METH_VARARGS, NULL},
     {"view_stats", (PyCFunction)Core_view_stats, METH_VARARGS, NULL},
     {"mark_emitted_through", (PyCFunction)Core_mark_emitted_through, METH_VARARGS, NULL},
@@ -1130,6 +1558,7 @@ static PyMethodDef Core_methods[] = {
 static PyGetSetDef Core_getset[] = {
     {"cached_series", (getter)Core_get_cached_series, NULL, NULL, NULL},
     {"entries", (getter)Core_get_entries, NULL, NULL, NULL},
+    {"templates", (getter)Core_get_templates, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1146,6 +1575,8 @@ PyTypeObject CoreType = {
 
 static void Request_dealloc(Request *request) {
     batch_free(&request->batch);
+    free(request->template_of);
+    free(request->asked);
     Py_XDECREF(request->buffer);
     PyObject_Free(request);
 }
@@ -1246,7 +1677,81 @@ static PyObject *module_seed(PyObject *Py_UNUSED(module), PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* decode_labels(label_bytes): codec.decode_labels for label bytes in the plain form (plan.h),
+ * None for any other (the caller then uses codec.decode_labels, which knows every case). */
+static PyObject *module_decode_labels(PyObject *Py_UNUSED(module), PyObject *arg) {
+    char *data;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(arg, &data, &len) < 0) return NULL;
+    LabelPair *pairs = NULL;
+    size_t cap = 0, n = 0;
+    int status = labels_parse_plain((const uint8_t *)data, (size_t)len, &pairs, &cap, &n);
+    if (status == -2) {
+        free(pairs);
+        return PyErr_NoMemory();
+    }
+    if (status < 0) {
+        free(pairs);
+        Py_RETURN_NONE;
+    }
+    PyObject *result = PyTuple_New((Py_ssize_t)n);
+    for (size_t i = 0; result != NULL && i < n; i++) {
+        PyObject *pair = Py_BuildValue("(s#s#)", (const char *)pairs[i].name,
+                                       (Py_ssize_t)pairs[i].name_len, (const char *)pairs[i].value,
+                                       (Py_ssize_t)pairs[i].value_len);
+        if (pair == NULL) Py_CLEAR(result);
+        else PyTuple_SET_ITEM(result, (Py_ssize_t)i, pair);
+    }
+    free(pairs);
+    return result;
+}
+
+/* encode_labels(labels): codec.encode_labels, for a sequence of (name, value) str pairs. */
+static PyObject *module_encode_labels(PyObject *Py_UNUSED(module), PyObject *arg) {
+    PyObject *sequence = PySequence_Fast(arg, "labels must be a sequence of pairs");
+    if (sequence == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    const char **texts = malloc((size_t)(2 * n + 1) * sizeof(char *));
+    Py_ssize_t *lens = malloc((size_t)(2 * n + 1) * sizeof(Py_ssize_t));
+    PyObject *result = NULL;
+    if (texts == NULL || lens == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t size = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(sequence, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "labels must be (name, value) tuples");
+            goto done;
+        }
+        for (int k = 0; k < 2; k++) {
+            texts[2 * i + k] = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, k), &lens[2 * i + k]);
+            if (texts[2 * i + k] == NULL) goto done;
+            if (lens[2 * i + k] > (Py_ssize_t)UINT32_MAX / 2) {
+                PyErr_SetString(PyExc_ValueError, "label too long");
+                goto done;
+            }
+        }
+        size += label_encoded_size((uint32_t)lens[2 * i], (uint32_t)lens[2 * i + 1]);
+    }
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (result == NULL) goto done;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(result);
+    for (Py_ssize_t i = 0; i < n; i++)
+        p = label_encode(p, (const uint8_t *)texts[2 * i], (uint32_t)lens[2 * i],
+                         (const uint8_t *)texts[2 * i + 1], (uint32_t)lens[2 * i + 1]);
+done:
+    free(texts);
+    free(lens);
+    Py_DECREF(sequence);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"decode_labels", module_decode_labels, METH_O,
+     "codec.decode_labels for label bytes in the plain form; None for any other."},
+    {"encode_labels", module_encode_labels, METH_O, "codec.encode_labels."},
     {"seed", module_seed, METH_O,
      "Set the process's hash key (16 bytes); call once, before any Core is made."},
     {NULL, NULL, 0, NULL},
