@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from enrichproxy.config.schema import Config
 from enrichproxy.engine import _native
@@ -73,7 +73,7 @@ from enrichproxy.wire.codec import (
     DecodedRequest,
     decode_labels,
     decode_metadata,
-    decompress,
+    decompress_buffer,
     encode_write_request,
 )
 
@@ -108,6 +108,26 @@ _native.seed(os.urandom(16))
 KindKey = tuple[tuple[int, ...], int, int, int]
 
 
+class Enrichment(NamedTuple):
+    """The join's part of a template: what the rules made of the labels they read."""
+
+    labels: Labels | None
+    """The joined labels among those the rules read and write; None when dropped."""
+    slots: tuple[int, ...]
+    conflicts: int
+    dependencies: list[int]
+
+
+class Projection(NamedTuple):
+    """The views' part of a template."""
+
+    drop_reason: str
+    feeds: int
+    is_counter: bool
+    fixed: list[bytes]
+    """Per view, its encoded signature labels (empty when it is not fed)."""
+
+
 class NativeEngine:
     """The Engine interface over the C core; see the module docstring."""
 
@@ -128,6 +148,13 @@ class NativeEngine:
         # (rule index, key) → the small integer the core stores per plan for that lookup.
         self._dependencies: dict[tuple[int, Key], int] = {}
         self._signature = signature_names(self.planner)
+        self._enrich_names = frozenset(
+            name for rule in self.planner.rules for name in (*rule.key_labels, *rule.fields)
+        )
+        self._no_views = [b""] * len(self.planner.views)
+        # The two halves of a template, memoised while the templates last (_template).
+        self._enrichments: dict[Labels, Enrichment] = {}
+        self._projections: dict[Labels, Projection] = {}
         self._configure_templates()
 
     def _configure_templates(self) -> None:
@@ -159,14 +186,14 @@ class NativeEngine:
             number for key in changed if (number := dependencies.get((rule_index, key))) is not None
         ]
         # A changed key can change any template that looked it up, or that missed it.
-        self._core.clear_templates()
+        self._clear_templates()
         if numbers:
             self._core.forget_plans_with(rule_index, numbers)
         return True
 
     def _forget_plans(self) -> None:
         self._core.forget_plans()
-        self._core.clear_templates()
+        self._clear_templates()
         self._dependencies.clear()
 
     def learn_types(self, metadata: list[MetricMetadata]) -> None:
@@ -185,9 +212,9 @@ class NativeEngine:
 
     def prepare(self, body: bytes) -> _native.Request:
         """Decompressed and scanned into the core's flat arrays (no engine state is read)."""
-        return self._scan(decompress(body, self.config.max_decoded_bytes))
+        return self._scan(decompress_buffer(body, self.config.max_decoded_bytes))
 
-    def _scan(self, data: bytes) -> _native.Request:
+    def _scan(self, data: bytes | memoryview) -> _native.Request:
         try:
             return self._core.scan(data)
         except _native.WireError as exc:
@@ -220,14 +247,17 @@ class NativeEngine:
             raise TypeError("ingest_steps takes what prepare returned")
         request = prepared
         core = self._core
-        data = request.buffer
-        metadata = [decode_metadata(data, start, stop) for start, stop in request.metadata()]
+        data = memoryview(request.buffer)
+        metadata = [
+            decode_metadata(bytes(data[start:stop]), 0, stop - start)
+            for start, stop in request.metadata()
+        ]
         check_series_count(request.series_count, self.planner.limits)
         self.learn_types(metadata)
         if core.cached_series > MAX_CACHED_SERIES:
             self._forget_plans()
         if core.templates > MAX_TEMPLATES:
-            core.clear_templates()
+            self._clear_templates()
         if self.planner.limits is not self._limits:
             self._configure_templates()
         future_limit = now_ms + MAX_FUTURE_MS
@@ -337,42 +367,80 @@ class NativeEngine:
     def _template(self, label_bytes: bytes) -> None:
         """The decisions for every series with the signature of ``label_bytes`` (which the core
         found in the plain form and within the limits), as ``_plan`` makes them for one series:
-        each fed view's labels that are signature labels; the core adds the rest per series."""
-        planner = self.planner
+        each fed view's labels that are signature labels; the core adds the rest per series.
+
+        Worked out in two memoised halves, since signatures multiply (pods times metric names)
+        while each half repeats: the join depends only on the labels the rules read and write
+        (``_enrichments``), the views only on the signature labels after the join
+        (``_projections``).
+        """
         labels = fast_decode_labels(label_bytes)
-        enriched = planner.enrich(labels)
-        slots = tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps))
-        dependencies = self._dependency_numbers(enriched.steps)
-        no_views = [b""] * len(planner.views)
-        if enriched.labels is None:
+        joined = self._enrich_names
+        join_input = tuple(pair for pair in labels if pair[0] in joined)
+        enrichment = self._enrichments.get(join_input)
+        if enrichment is None:
+            enriched = self.planner.enrich(join_input)
+            enrichment = self._enrichments[join_input] = Enrichment(
+                enriched.labels,
+                tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps)),
+                enriched.conflicts,
+                self._dependency_numbers(enriched.steps),
+            )
+        slots, dependencies = enrichment.slots, enrichment.dependencies
+        if enrichment.labels is None:
             kind = self._kind(slots, 0, DROP_METADATA_MISSING, 0)
-            self._core.add_template(label_bytes, kind, 0, False, dependencies, no_views)
-            return
-        metric_name = dict(enriched.labels).get(METRIC_NAME_LABEL)
-        if not metric_name:
-            kind = self._kind(slots, 0, DROP_NO_METRIC_NAME, 0)
-            self._core.add_template(label_bytes, kind, 0, False, dependencies, no_views)
+            self._core.add_template(label_bytes, kind, 0, False, dependencies, self._no_views)
             return
         signature = self._signature
+        view_input = tuple(
+            sorted(
+                [pair for pair in labels if pair[0] in signature and pair[0] not in joined]
+                + list(enrichment.labels)
+            )
+        )
+        projection = self._projections.get(view_input)
+        if projection is None:
+            projection = self._projections[view_input] = self._project(view_input)
+        if projection.drop_reason == DROP_NO_METRIC_NAME:
+            kind = self._kind(slots, 0, DROP_NO_METRIC_NAME, 0)
+        else:
+            kind = self._kind(slots, enrichment.conflicts, projection.drop_reason, 0)
+        self._core.add_template(
+            label_bytes,
+            kind,
+            projection.feeds,
+            projection.is_counter,
+            dependencies,
+            projection.fixed,
+        )
+
+    def _project(self, view_input: Labels) -> Projection:
+        """The views' part of a template, for the signature labels ``view_input`` of a joined
+        series (as ``_plan`` decides it for the whole label set)."""
+        planner = self.planner
+        metric_name = dict(view_input).get(METRIC_NAME_LABEL)
+        if not metric_name:
+            return Projection(DROP_NO_METRIC_NAME, 0, False, self._no_views)
         fixed = []
         feeds = 0
         unsummable = False
         for index, view in enumerate(planner.views):
-            projected = view.view.project(enriched.labels)
+            projected = view.view.project(view_input)
             if isinstance(projected, Skip):
                 unsummable = unsummable or projected is Skip.UNSUMMABLE
                 fixed.append(b"")
                 continue
-            fixed.append(
-                fast_encode_labels(tuple(pair for pair in projected if pair[0] in signature))
-            )
+            fixed.append(fast_encode_labels(projected))
             feeds |= 1 << index
         drop_reason = ""
         if not feeds:
             drop_reason = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
-        kind = self._kind(slots, enriched.conflicts, drop_reason, 0)
-        is_counter = planner.types.is_counter(metric_name)
-        self._core.add_template(label_bytes, kind, feeds, is_counter, dependencies, fixed)
+        return Projection(drop_reason, feeds, planner.types.is_counter(metric_name), fixed)
+
+    def _clear_templates(self) -> None:
+        self._core.clear_templates()
+        self._enrichments.clear()
+        self._projections.clear()
 
     def _dependency_numbers(self, steps: Any) -> list[int]:
         dependencies = [NO_DEPENDENCY] * len(self.planner.rules)

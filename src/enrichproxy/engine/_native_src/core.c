@@ -64,7 +64,8 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *buffer; /* the decompressed request: bytes */
+    PyObject *buffer; /* the decompressed request: bytes or any other read-only buffer */
+    Py_buffer view;   /* held on buffer while the request lives */
     Batch batch;
     uint64_t epoch;
     int resolved;
@@ -520,15 +521,20 @@ static PyObject *Core_get_entries(Core *core, void *Py_UNUSED(closure)) {
 
 /* --- Core: requests -------------------------------------------------------------------------- */
 
+/* scan(buffer): decode a WriteRequest held in bytes or any other contiguous buffer (the
+ * decompressor's own, so that a large body is not copied), which the request keeps. */
 static PyObject *Core_scan(Core *core, PyObject *arg) {
     (void)core;
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "scan takes bytes");
-        return NULL;
-    }
     Request *request = PyObject_New(Request, &RequestType);
     if (request == NULL) return NULL;
+    request->buffer = NULL;
+    request->template_of = NULL;
+    request->asked = NULL;
     memset(&request->batch, 0, sizeof request->batch);
+    if (PyObject_GetBuffer(arg, &request->view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(request);
+        return NULL;
+    }
     Py_INCREF(arg);
     request->buffer = arg;
     request->epoch = 0;
@@ -539,8 +545,8 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
     request->plan_from = 0;
     request->plan_epoch = request->plan_generation = 0;
     request->plan_phase = PHASE_NONE;
-    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(arg);
-    size_t len = (size_t)PyBytes_GET_SIZE(arg);
+    const uint8_t *buf = (const uint8_t *)request->view.buf;
+    size_t len = (size_t)request->view.len;
     int status;
     Py_BEGIN_ALLOW_THREADS
     status = wire_decode(buf, len, &request->batch);
@@ -569,7 +575,7 @@ static int series_planned(const Core *core, const SeriesRef *ref) {
 
 /* Find every series of the request in the table; the number without a plan. */
 static size_t resolve(Core *core, Request *request) {
-    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    const uint8_t *buf = (const uint8_t *)request->view.buf;
     size_t unplanned = 0;
     for (size_t i = 0; i < request->batch.nseries; i++) {
         SeriesRef *ref = &request->batch.series[i];
@@ -591,7 +597,7 @@ static PyObject *Core_misses(Core *core, PyObject *arg) {
     resolve(core, request);
     PyObject *misses = PyList_New(0);
     if (misses == NULL) return NULL;
-    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    const uint8_t *buf = (const uint8_t *)request->view.buf;
     for (size_t i = 0; i < request->batch.nseries; i++) {
         SeriesRef *ref = &request->batch.series[i];
         if (ref->entry != NO_ID && core->entries[ref->entry].kind != NO_PLAN) continue;
@@ -915,7 +921,7 @@ static PyObject *Core_add_template(Core *core, PyObject *args) {
 static int ask_templates(Core *core, Request *request, size_t budget) {
     Templates *t = &core->templates;
     const Batch *batch = &request->batch;
-    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    const uint8_t *buf = (const uint8_t *)request->view.buf;
     uint32_t stamp = t->stamp;
     size_t i = request->ask_from;
     for (; i < batch->nseries; i++) {
@@ -954,7 +960,7 @@ static int ask_templates(Core *core, Request *request, size_t budget) {
 static Py_ssize_t instantiate(Core *core, Request *request, size_t budget) {
     Templates *t = &core->templates;
     Batch *batch = &request->batch;
-    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    const uint8_t *buf = (const uint8_t *)request->view.buf;
     int nviews = core->nviews;
     for (size_t i = request->plan_from; i < batch->nseries; i++) {
         SeriesRef *ref = &batch->series[i];
@@ -1018,7 +1024,7 @@ static PyObject *series_key(const Request *request, size_t i) {
     const Batch *batch = &request->batch;
     const SeriesRef *ref = &batch->series[i];
     return PyBytes_FromStringAndSize(
-        (const char *)series_labels(batch, (const uint8_t *)PyBytes_AS_STRING(request->buffer), ref),
+        (const char *)series_labels(batch, (const uint8_t *)request->view.buf, ref),
         ref->labels_len);
 }
 
@@ -1577,6 +1583,7 @@ static void Request_dealloc(Request *request) {
     batch_free(&request->batch);
     free(request->template_of);
     free(request->asked);
+    if (request->buffer != NULL) PyBuffer_Release(&request->view);
     Py_XDECREF(request->buffer);
     PyObject_Free(request);
 }
@@ -1600,7 +1607,7 @@ static PyObject *Request_metadata(Request *request, PyObject *Py_UNUSED(ignored)
  * tests and the fuzzer (the engine itself never builds them). */
 static PyObject *Request_series(Request *request, PyObject *Py_UNUSED(ignored)) {
     const Batch *batch = &request->batch;
-    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(request->buffer);
+    const uint8_t *buf = (const uint8_t *)request->view.buf;
     PyObject *list = PyList_New((Py_ssize_t)batch->nseries);
     if (list == NULL) return NULL;
     for (size_t i = 0; i < batch->nseries; i++) {
