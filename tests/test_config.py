@@ -390,8 +390,16 @@ def test_an_empty_file_lists_what_is_missing() -> None:
     ]
 
 
-def test_unknown_key_lists_the_known_ones() -> None:
+def test_unknown_key_suggests_the_nearest_known_ones() -> None:
     (problem,) = problems(with_minimal("aggregation: {intervall: 15s}"))
+    assert problem == "aggregation.intervall: unknown key (did you mean 'interval'?)"
+    # Prometheus' spelling of our key, on the top level.
+    (problem,) = problems(with_minimal("log.level: info"))
+    assert "did you mean 'log_level'" in problem
+
+
+def test_unknown_key_without_a_near_one_lists_the_known_ones() -> None:
+    (problem,) = problems(with_minimal("aggregation: {zzz: 15s}"))
     known = (
         "checkpoint_interval, idle_flush, interval, lateness, retention, stale_after, state_path"
     )

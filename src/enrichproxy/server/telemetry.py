@@ -231,6 +231,13 @@ class Telemetry:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.forward_relabel_dropped = Counter(
+            "enrichproxy_forward_relabel_dropped_samples_total",
+            "Output samples a destination's write_relabel_configs dropped (as configured: not "
+            "a loss).",
+            ["destination"],
+            registry=r,
+        )
         self.queue_samples = Gauge(
             "enrichproxy_queue_samples",
             "Samples queued for a destination.",
