@@ -208,7 +208,7 @@ def test_config_objects_are_frozen() -> None:
         # bad selectors
         (
             "views: [{name: a, keep: [], match: 'rate(x[5m])'}]\nremote_write: [{url: 'http://h/'}]",
-            "views[0].match: must be a series selector",
+            "views[0].match: not a valid series selector: column 5: expected the end",
         ),
         (
             "views: [{name: a, keep: [], match: '{x=~\"(\"}'}]\nremote_write: [{url: 'http://h/'}]",

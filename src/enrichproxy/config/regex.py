@@ -87,12 +87,18 @@ def _go_refusals(expression: str) -> str | None:
     return None
 
 
-def compile_anchored(expression: str) -> Pattern:
+def compile_anchored(expression: str, *, standalone: bool = False) -> Pattern:
     """``expression`` compiled as Prometheus compiles it; ValueError with RE2's reason if
-    Prometheus would refuse it."""
+    Prometheus would refuse it.
+
+    ``standalone``: the expression must also be a regex by itself, not only once wrapped.
+    Prometheus' selectors check that (``a)|(b`` is refused there); its relabelling does not.
+    """
     refusal = _go_refusals(expression)
     if refusal is None:
         try:
+            if standalone:
+                re2.compile(expression, _OPTIONS)
             pattern: Pattern = re2.compile(f"^(?s:{expression})$", _OPTIONS)
             return pattern
         except re2.error as exc:
