@@ -95,6 +95,8 @@ LISTEN_PORT = 9201
 DEMO_APP_PORT = 8000
 # Grafana's built-in annotation source is the one data source a dashboard may name besides ours.
 GRAFANA_BUILTIN_UID = "-- Grafana --"
+DATASOURCE_VARIABLE = "datasource"
+DATASOURCE_REFERENCE = {"type": "prometheus", "uid": "${datasource}"}
 # What the test substitutes for Grafana's variables before asking Prometheus.
 GRAFANA_INTERVAL_VARIABLES = ("$__rate_interval", "$__interval", "$__range")
 # Labels Prometheus adds to every scraped series.
@@ -211,7 +213,10 @@ def telemetry_families() -> dict[str, tuple[str, frozenset[str]]]:
     }
     names: dict[str, tuple[str, frozenset[str]]] = {}
     for family in telemetry.registry.collect():
-        family_labels = labels[family.name]
+        # The process, platform and GC collectors are no metric objects: their samples say.
+        family_labels = labels.get(family.name) or frozenset(
+            name for sample in family.samples for name in sample.labels
+        )
         if family.type == "counter":
             names[f"{family.name}_total"] = (family.name, family_labels)
         elif family.type == "histogram":
@@ -255,6 +260,8 @@ def dashboard_queries(board: Mapping[str, Any]) -> list[tuple[str, str]]:
         for target in panel["targets"]:
             queries.append((f"panel {panel['title']!r} {target['refId']}", target["expr"]))
     for variable in board["templating"]["list"]:
+        if variable["type"] == "datasource":
+            continue  # its query is a data source type, not PromQL
         query = variable["query"]
         text = query["query"] if isinstance(query, dict) else query
         match = LABEL_VALUES_RE.match(text.strip())
@@ -640,25 +647,43 @@ def test_alert_rules_use_metrics_and_labels_enrichproxy_exports() -> None:
 # --- Grafana ------------------------------------------------------------------------------------
 
 
-def test_dashboards_parse_and_use_the_provisioned_datasource() -> None:
+def test_dashboards_parse_and_take_a_datasource_variable() -> None:
+    """Every panel, query and variable reads the data source the ``datasource`` variable picks,
+    so a dashboard imports into any Grafana with any Prometheus data source; provisioned, the
+    variable starts on prometheus-sink."""
     datasource = load_yaml(DATASOURCE_FILE)["datasources"]
     assert len(datasource) == 1
-    uid = datasource[0]["uid"]
+    provisioned = datasource[0]
     boards = dashboards()
     assert {board["title"] for board in boards.values()} == DASHBOARD_TITLES
     assert len({board["uid"] for board in boards.values()}) == len(boards)
     for path, board in boards.items():
         assert board.get("id") is None, f"{path.name}: provisioned dashboards carry no id"
+        variables = board["templating"]["list"]
+        selectors = [v for v in variables if v["type"] == "datasource"]
+        assert len(selectors) == 1, f"{path.name}: one datasource variable"
+        (selector,) = selectors
+        assert selector["name"] == DATASOURCE_VARIABLE, path.name
+        assert selector["query"] == "prometheus", path.name
+        assert not selector.get("multi") and not selector.get("includeAll"), path.name
+        assert selector["current"]["value"] == provisioned["uid"] == provisioned["name"]
+        assert variables.index(selector) == 0, f"{path.name}: the other variables query it"
         references = [
             node["datasource"]
             for node in walk_json(board)
-            if isinstance(node, dict) and isinstance(node.get("datasource"), dict)
+            if isinstance(node, dict) and "datasource" in node and node is not selector
         ]
         assert references, path.name
         for reference in references:
-            if reference.get("uid") == GRAFANA_BUILTIN_UID:
+            if isinstance(reference, dict) and reference.get("uid") == GRAFANA_BUILTIN_UID:
                 continue
-            assert reference == {"type": "prometheus", "uid": uid}, f"{path.name}: {reference}"
+            assert reference == DATASOURCE_REFERENCE, f"{path.name}: {reference}"
+        readers = [*dashboard_panels(board), *(v for v in variables if v is not selector)]
+        for reader in readers:
+            where = f"{path.name}: {reader.get('title') or reader['name']!r}"
+            assert reader.get("datasource") == DATASOURCE_REFERENCE, where
+            for target in reader.get("targets", []):
+                assert target.get("datasource") == DATASOURCE_REFERENCE, where
         panel_ids = [
             node["id"]
             for node in walk_json(board["panels"])
@@ -697,6 +722,8 @@ def test_dashboards_use_metrics_and_labels_enrichproxy_writes() -> None:
 def populate(telemetry: Telemetry, views: list[str], destination: str, rules: list[str]) -> None:
     """One child of every metric, as a busy enrichproxy has them."""
     t = telemetry
+    t.record_build("native")
+    t.record_config_loaded(time.time())
     for code, count in (("204", 100), ("400", 1), ("503", 2)):
         t.requests.labels(code).inc(count)
     t.request_duration.observe(0.004)
