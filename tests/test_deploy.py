@@ -77,6 +77,10 @@ DASHBOARD_PROVIDER_FILE = PROVISIONING_DIR / "dashboards" / "enrichproxy.yml"
 KUBERNETES_FILE = REPO / "deploy" / "kubernetes" / "prometheus-with-enrichproxy.yaml"
 FIXTURES = REPO / "tests" / "fixtures"
 DOCS = REPO / "docs"
+RUNBOOK = DOCS / "runbook.md"
+# Where the rules' runbook_url annotations point: docs/ of the repository (docs/runbook.md).
+RUNBOOK_BASE = "https://github.com/enrichproxy/enrichproxy/blob/main/docs/"
+RUNBOOK_PARTS = ("**What it means.**", "**What to check.**", "**What to do.**")
 
 DOCKER_COMPOSE = "/usr/bin/docker-compose"
 PROMTOOL = "/usr/bin/promtool"
@@ -626,7 +630,39 @@ def test_alert_unit_tests_cover_firing_and_quiet_cases_of_every_alert() -> None:
     assert names - quiet == set(), "alerts without a test where they do not fire"
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
-        assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
+        assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), rule["alert"]
+
+
+def markdown_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation other than
+    ``-`` and ``_`` removed, spaces as ``-``."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, re.M):
+        anchors.add(re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    """Each alert's runbook_url points at a section of docs/ that exists and says what the
+    alert means, what to check and what to do; and every runbook section is an alert's."""
+    linked: dict[str, set[str]] = {}
+    for rule in alert_rules():
+        url = rule["annotations"].get("runbook_url", "")
+        assert url.startswith(RUNBOOK_BASE), f"{rule['alert']}: runbook_url {url!r}"
+        page, _, anchor = url.removeprefix(RUNBOOK_BASE).partition("#")
+        assert anchor == rule["alert"].lower(), f"{rule['alert']}: anchor {anchor!r}"
+        linked.setdefault(page, set()).add(anchor)
+    assert set(linked) == {RUNBOOK.name}
+    text = RUNBOOK.read_text(encoding="utf-8")
+    assert linked[RUNBOOK.name] <= markdown_anchors(text), "alerts without a runbook section"
+    sections = re.split(r"^## ", text, flags=re.M)[1:]
+    assert {section.split("\n", 1)[0].strip().lower() for section in sections} == linked[
+        RUNBOOK.name
+    ], "runbook sections without an alert"
+    for section in sections:
+        name = section.split("\n", 1)[0]
+        for part in RUNBOOK_PARTS:
+            assert part in section, f"runbook.md {name}: no {part}"
 
 
 def test_alert_rules_use_metrics_and_labels_enrichproxy_exports() -> None:
