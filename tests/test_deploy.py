@@ -500,8 +500,13 @@ def test_containerfile_builds_a_small_non_root_image() -> None:
     assert len(bases) >= 2, "multi-stage: a builder and a runtime stage"
     for base in bases:
         assert base.startswith("python:3.11-slim"), base
-    runs = " ".join(value for keyword, value in instructions if keyword == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs), "installs the package from the source tree"
+    runs = [value for keyword, value in instructions if keyword == "RUN"]
+    # The locked dependencies with their hashes, then the package alone, built against them.
+    locked = [i for i, run in enumerate(runs) if "pip install --require-hashes -r " in run]
+    package = [i for i, run in enumerate(runs) if re.search(r"pip install (--\S+ )*\.(\s|$)", run)]
+    assert len(locked) == 1 and len(package) == 1 and locked[0] < package[0], runs
+    assert re.search(r"-r requirements\.lock(\s|$)", runs[locked[0]])
+    assert {"--no-deps", "--no-build-isolation"} <= set(runs[package[0]].split())
     assert "COPY --from=builder /opt/enrichproxy /opt/enrichproxy" in [
         f"{k} {v}" for k, v in instructions
     ]
