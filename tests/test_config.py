@@ -208,7 +208,7 @@ def test_config_objects_are_frozen() -> None:
         # bad selectors
         (
             "views: [{name: a, keep: [], match: 'rate(x[5m])'}]\nremote_write: [{url: 'http://h/'}]",
-            "views[0].match: must be a series selector",
+            "views[0].match: not a valid series selector: column 5: expected the end",
         ),
         (
             "views: [{name: a, keep: [], match: '{x=~\"(\"}'}]\nremote_write: [{url: 'http://h/'}]",
@@ -390,8 +390,16 @@ def test_an_empty_file_lists_what_is_missing() -> None:
     ]
 
 
-def test_unknown_key_lists_the_known_ones() -> None:
+def test_unknown_key_suggests_the_nearest_known_ones() -> None:
     (problem,) = problems(with_minimal("aggregation: {intervall: 15s}"))
+    assert problem == "aggregation.intervall: unknown key (did you mean 'interval'?)"
+    # Prometheus' spelling of our key, on the top level.
+    (problem,) = problems(with_minimal("log.level: info"))
+    assert "did you mean 'log_level'" in problem
+
+
+def test_unknown_key_without_a_near_one_lists_the_known_ones() -> None:
+    (problem,) = problems(with_minimal("aggregation: {zzz: 15s}"))
     known = (
         "checkpoint_interval, idle_flush, interval, lateness, retention, stale_after, state_path"
     )

@@ -77,6 +77,10 @@ DASHBOARD_PROVIDER_FILE = PROVISIONING_DIR / "dashboards" / "enrichproxy.yml"
 KUBERNETES_FILE = REPO / "deploy" / "kubernetes" / "prometheus-with-enrichproxy.yaml"
 FIXTURES = REPO / "tests" / "fixtures"
 DOCS = REPO / "docs"
+RUNBOOK = DOCS / "runbook.md"
+# Where the rules' runbook_url annotations point: docs/ of the repository (docs/runbook.md).
+RUNBOOK_BASE = "https://github.com/enrichproxy/enrichproxy/blob/main/docs/"
+RUNBOOK_PARTS = ("**What it means.**", "**What to check.**", "**What to do.**")
 
 DOCKER_COMPOSE = "/usr/bin/docker-compose"
 PROMTOOL = "/usr/bin/promtool"
@@ -95,6 +99,8 @@ LISTEN_PORT = 9201
 DEMO_APP_PORT = 8000
 # Grafana's built-in annotation source is the one data source a dashboard may name besides ours.
 GRAFANA_BUILTIN_UID = "-- Grafana --"
+DATASOURCE_VARIABLE = "datasource"
+DATASOURCE_REFERENCE = {"type": "prometheus", "uid": "${datasource}"}
 # What the test substitutes for Grafana's variables before asking Prometheus.
 GRAFANA_INTERVAL_VARIABLES = ("$__rate_interval", "$__interval", "$__range")
 # Labels Prometheus adds to every scraped series.
@@ -211,7 +217,10 @@ def telemetry_families() -> dict[str, tuple[str, frozenset[str]]]:
     }
     names: dict[str, tuple[str, frozenset[str]]] = {}
     for family in telemetry.registry.collect():
-        family_labels = labels[family.name]
+        # The process, platform and GC collectors are no metric objects: their samples say.
+        family_labels = labels.get(family.name) or frozenset(
+            name for sample in family.samples for name in sample.labels
+        )
         if family.type == "counter":
             names[f"{family.name}_total"] = (family.name, family_labels)
         elif family.type == "histogram":
@@ -255,6 +264,8 @@ def dashboard_queries(board: Mapping[str, Any]) -> list[tuple[str, str]]:
         for target in panel["targets"]:
             queries.append((f"panel {panel['title']!r} {target['refId']}", target["expr"]))
     for variable in board["templating"]["list"]:
+        if variable["type"] == "datasource":
+            continue  # its query is a data source type, not PromQL
         query = variable["query"]
         text = query["query"] if isinstance(query, dict) else query
         match = LABEL_VALUES_RE.match(text.strip())
@@ -489,8 +500,13 @@ def test_containerfile_builds_a_small_non_root_image() -> None:
     assert len(bases) >= 2, "multi-stage: a builder and a runtime stage"
     for base in bases:
         assert base.startswith("python:3.11-slim"), base
-    runs = " ".join(value for keyword, value in instructions if keyword == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs), "installs the package from the source tree"
+    runs = [value for keyword, value in instructions if keyword == "RUN"]
+    # The locked dependencies with their hashes, then the package alone, built against them.
+    locked = [i for i, run in enumerate(runs) if "pip install --require-hashes -r " in run]
+    package = [i for i, run in enumerate(runs) if re.search(r"pip install (--\S+ )*\.(\s|$)", run)]
+    assert len(locked) == 1 and len(package) == 1 and locked[0] < package[0], runs
+    assert re.search(r"-r requirements\.lock(\s|$)", runs[locked[0]])
+    assert {"--no-deps", "--no-build-isolation"} <= set(runs[package[0]].split())
     assert "COPY --from=builder /opt/enrichproxy /opt/enrichproxy" in [
         f"{k} {v}" for k, v in instructions
     ]
@@ -619,7 +635,39 @@ def test_alert_unit_tests_cover_firing_and_quiet_cases_of_every_alert() -> None:
     assert names - quiet == set(), "alerts without a test where they do not fire"
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
-        assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
+        assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), rule["alert"]
+
+
+def markdown_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation other than
+    ``-`` and ``_`` removed, spaces as ``-``."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, re.M):
+        anchors.add(re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    """Each alert's runbook_url points at a section of docs/ that exists and says what the
+    alert means, what to check and what to do; and every runbook section is an alert's."""
+    linked: dict[str, set[str]] = {}
+    for rule in alert_rules():
+        url = rule["annotations"].get("runbook_url", "")
+        assert url.startswith(RUNBOOK_BASE), f"{rule['alert']}: runbook_url {url!r}"
+        page, _, anchor = url.removeprefix(RUNBOOK_BASE).partition("#")
+        assert anchor == rule["alert"].lower(), f"{rule['alert']}: anchor {anchor!r}"
+        linked.setdefault(page, set()).add(anchor)
+    assert set(linked) == {RUNBOOK.name}
+    text = RUNBOOK.read_text(encoding="utf-8")
+    assert linked[RUNBOOK.name] <= markdown_anchors(text), "alerts without a runbook section"
+    sections = re.split(r"^## ", text, flags=re.M)[1:]
+    assert {section.split("\n", 1)[0].strip().lower() for section in sections} == linked[
+        RUNBOOK.name
+    ], "runbook sections without an alert"
+    for section in sections:
+        name = section.split("\n", 1)[0]
+        for part in RUNBOOK_PARTS:
+            assert part in section, f"runbook.md {name}: no {part}"
 
 
 def test_alert_rules_use_metrics_and_labels_enrichproxy_exports() -> None:
@@ -640,25 +688,43 @@ def test_alert_rules_use_metrics_and_labels_enrichproxy_exports() -> None:
 # --- Grafana ------------------------------------------------------------------------------------
 
 
-def test_dashboards_parse_and_use_the_provisioned_datasource() -> None:
+def test_dashboards_parse_and_take_a_datasource_variable() -> None:
+    """Every panel, query and variable reads the data source the ``datasource`` variable picks,
+    so a dashboard imports into any Grafana with any Prometheus data source; provisioned, the
+    variable starts on prometheus-sink."""
     datasource = load_yaml(DATASOURCE_FILE)["datasources"]
     assert len(datasource) == 1
-    uid = datasource[0]["uid"]
+    provisioned = datasource[0]
     boards = dashboards()
     assert {board["title"] for board in boards.values()} == DASHBOARD_TITLES
     assert len({board["uid"] for board in boards.values()}) == len(boards)
     for path, board in boards.items():
         assert board.get("id") is None, f"{path.name}: provisioned dashboards carry no id"
+        variables = board["templating"]["list"]
+        selectors = [v for v in variables if v["type"] == "datasource"]
+        assert len(selectors) == 1, f"{path.name}: one datasource variable"
+        (selector,) = selectors
+        assert selector["name"] == DATASOURCE_VARIABLE, path.name
+        assert selector["query"] == "prometheus", path.name
+        assert not selector.get("multi") and not selector.get("includeAll"), path.name
+        assert selector["current"]["value"] == provisioned["uid"] == provisioned["name"]
+        assert variables.index(selector) == 0, f"{path.name}: the other variables query it"
         references = [
             node["datasource"]
             for node in walk_json(board)
-            if isinstance(node, dict) and isinstance(node.get("datasource"), dict)
+            if isinstance(node, dict) and "datasource" in node and node is not selector
         ]
         assert references, path.name
         for reference in references:
-            if reference.get("uid") == GRAFANA_BUILTIN_UID:
+            if isinstance(reference, dict) and reference.get("uid") == GRAFANA_BUILTIN_UID:
                 continue
-            assert reference == {"type": "prometheus", "uid": uid}, f"{path.name}: {reference}"
+            assert reference == DATASOURCE_REFERENCE, f"{path.name}: {reference}"
+        readers = [*dashboard_panels(board), *(v for v in variables if v is not selector)]
+        for reader in readers:
+            where = f"{path.name}: {reader.get('title') or reader['name']!r}"
+            assert reader.get("datasource") == DATASOURCE_REFERENCE, where
+            for target in reader.get("targets", []):
+                assert target.get("datasource") == DATASOURCE_REFERENCE, where
         panel_ids = [
             node["id"]
             for node in walk_json(board["panels"])
@@ -697,6 +763,8 @@ def test_dashboards_use_metrics_and_labels_enrichproxy_writes() -> None:
 def populate(telemetry: Telemetry, views: list[str], destination: str, rules: list[str]) -> None:
     """One child of every metric, as a busy enrichproxy has them."""
     t = telemetry
+    t.record_build("native")
+    t.record_config_loaded(time.time())
     for code, count in (("204", 100), ("400", 1), ("503", 2)):
         t.requests.labels(code).inc(count)
     t.request_duration.observe(0.004)

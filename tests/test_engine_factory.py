@@ -1,5 +1,5 @@
 """Which engine runs (``engine`` in the configuration), and how the server says so: the start's
-log line and ``enrichproxy_engine_info``."""
+log line, ``enrichproxy_engine_info`` and ``enrichproxy_build_info``."""
 
 from __future__ import annotations
 
@@ -64,3 +64,4 @@ def test_the_server_logs_and_exports_the_engine_it_runs(
     assert "engine=python (engine: python in the configuration)" in caplog.text
     exposition = telemetry.exposition().decode()
     assert 'enrichproxy_engine_info{engine="python"} 1.0' in exposition
+    assert 'engine="python",python_version=' in exposition  # enrichproxy_build_info

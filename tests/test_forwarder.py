@@ -14,7 +14,8 @@ import pytest
 from realparts import free_port
 from sinks import Answer, RecordingSink
 
-from enrichproxy.config.schema import RemoteWriteConfig
+from enrichproxy.config.relabel import parse_relabel_config
+from enrichproxy.config.schema import RemoteWriteConfig, Secret
 from enrichproxy.forward.forwarder import (
     REMOTE_WRITE_HEADERS,
     Destination,
@@ -229,3 +230,69 @@ async def test_each_series_stays_in_order_through_failures(
     for timestamps in per_series.values():
         assert timestamps == sorted(timestamps)
         assert len(timestamps) == len(set(timestamps)) == 10
+
+
+async def test_429_is_dropped_when_retry_on_http_429_is_off(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    """Prometheus' queue_config.retry_on_http_429: false, honoured as Prometheus does."""
+    telemetry = Telemetry()
+    sink.answers.append(Answer(429, "slow down"))
+    destination = _destination(sink.url, session, telemetry, shards=1, retry_on_http_429=False)
+    destination.start()
+    destination.enqueue([_sample(1, 1000)])
+    async with asyncio.timeout(5):
+        while not sink.attempts:
+            await asyncio.sleep(0.01)
+    destination.enqueue([_sample(1, 2000)])
+    await sink.wait_accepted(1)
+    await destination.stop()
+    assert [ts for _, ts, _ in sink.accepted_samples()] == [2000]
+    dropped = _value(
+        telemetry, "enrichproxy_forward_samples_dropped_total", destination="sink", reason="429"
+    )
+    assert dropped == 1
+
+
+async def test_write_relabel_configs_shape_what_the_destination_receives(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    telemetry = Telemetry()
+    relabel = (
+        parse_relabel_config({"source_labels": ["series"], "regex": "2", "action": "drop"}),
+        parse_relabel_config({"regex": "view", "action": "labeldrop"}),
+        parse_relabel_config({"source_labels": ["series"], "target_label": "copy"}),
+    )
+    destination = _destination(
+        sink.url, session, telemetry, shards=1, write_relabel_configs=relabel
+    )
+    destination.start()
+    destination.enqueue([_sample(1, 1000), _sample(2, 1000), _sample(3, 1000)])
+    await sink.wait_accepted(2)
+    assert await destination.drain(5)
+    await destination.stop()
+    assert sorted(labels for labels, _ts, _value in sink.accepted_samples()) == [
+        (("__name__", "m_total"), ("copy", "1"), ("series", "1")),
+        (("__name__", "m_total"), ("copy", "3"), ("series", "3")),
+    ]
+    relabel_dropped = _value(
+        telemetry, "enrichproxy_forward_relabel_dropped_samples_total", destination="sink"
+    )
+    assert relabel_dropped == 1
+
+
+async def test_authorization_type_and_credentials_make_the_header(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    destination = _destination(
+        sink.url,
+        session,
+        Telemetry(),
+        bearer_token=Secret("k3y"),
+        authorization_type="ApiKey",
+    )
+    destination.start()
+    destination.enqueue([_sample(1, 1000)])
+    await sink.wait_accepted(1)
+    await destination.stop()
+    assert sink.accepted[0].headers["Authorization"] == "ApiKey k3y"

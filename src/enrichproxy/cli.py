@@ -13,11 +13,22 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enrichproxy import __version__
-from enrichproxy.config.schema import ENGINES, Config, load_config
+from enrichproxy.config.schema import (
+    ENGINES,
+    LOG_FORMATS,
+    LOG_LEVEL_ALIASES,
+    LOG_LEVELS,
+    Config,
+    load_config,
+)
 from enrichproxy.errors import ConfigError, EnrichproxyError
+from enrichproxy.server.logs import configure_logging
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("enrichproxy")
 
@@ -37,25 +48,21 @@ def _env_option(
     flag: str,
     help_text: str,
     default: str | None = None,
+    aliases: Sequence[str] = (),
     **kwargs: Any,
 ) -> None:
     """A flag that also reads ``ENRICHPROXY_<FLAG>`` from the environment, so a container
-    can be configured without a command line."""
+    can be configured without a command line. ``aliases`` are other spellings of the flag
+    (Prometheus' ``--config.file`` for ``--config``)."""
     env = "ENRICHPROXY_" + flag.lstrip("-").upper().replace("-", "_")
     parser.add_argument(
-        flag, default=os.environ.get(env, default), help=f"{help_text} (env {env})", **kwargs
+        flag,
+        *aliases,
+        dest=flag.lstrip("-").replace("-", "_"),
+        default=os.environ.get(env, default),
+        help=f"{help_text} (env {env})",
+        **kwargs,
     )
-
-
-def configure_logging(level: str) -> None:
-    """One line per event, logfmt-style, on stderr."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +71,7 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
         "--config",
         "YAML configuration file (default %(default)s)",
         default="conf/enrichproxy.yaml",
+        aliases=("--config.file",),
     )
 
 
@@ -105,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     overrides = _command_line_overrides(args)
     config = overrides(config)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     from aiohttp import web
 
     from enrichproxy.server.app import create_app, reload_on_sighup
@@ -123,6 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _report_problems(args.config, exc)
         return EXIT_CONFIG
     app.cleanup_ctx.append(reload_on_sighup)
+    app.on_startup.append(_log_stop_signals)
     web.run_app(
         app,
         host=host,
@@ -134,7 +143,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # own deadline (shutdown_timeout); both together must fit the orchestrator's grace.
         shutdown_timeout=min(REQUEST_GRACE_SECONDS, config.shutdown_timeout_ms / 1000),
     )
+    log.info("stopped")
     return EXIT_OK
+
+
+async def _log_stop_signals(app: web.Application) -> None:
+    """SIGTERM and SIGINT stop the server as aiohttp's own handlers do, after a log line that
+    says which signal came and what happens now (otherwise a stop is silent until done)."""
+    import signal
+
+    from aiohttp.web_runner import GracefulExit
+
+    from enrichproxy.server.app import PROXY
+
+    loop = asyncio.get_running_loop()
+    timeout_s = app[PROXY].config.shutdown_timeout_ms / 1000
+
+    def stop(signum: signal.Signals) -> None:
+        log.info(
+            "received %s: stopping; open windows are emitted and the queues drained within %.0fs",
+            signum.name,
+            timeout_s,
+        )
+        raise GracefulExit
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
 
 
 def _with_listen(config: Config, listen: str) -> Config:
@@ -152,7 +186,10 @@ def _command_line_overrides(args: argparse.Namespace) -> Callable[[Config], Conf
         if args.listen:
             config = _with_listen(config, args.listen)
         if args.log_level:
-            config = replace(config, log_level=args.log_level)
+            level = LOG_LEVEL_ALIASES.get(args.log_level, args.log_level)
+            config = replace(config, log_level=level)
+        if args.log_format:
+            config = replace(config, log_format=args.log_format)
         if args.engine:
             config = replace(config, engine=args.engine)
         return config
@@ -346,12 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the proxy")
     _config_argument(serve)
-    _env_option(serve, "--listen", "host:port, overrides the config's listen")
+    _env_option(
+        serve,
+        "--listen",
+        "host:port, overrides the config's listen",
+        aliases=("--web.listen-address",),
+    )
     _env_option(
         serve,
         "--log-level",
         "overrides the config's log_level",
-        choices=["debug", "info", "warning", "error"],
+        aliases=("--log.level",),
+        choices=[*LOG_LEVELS, *LOG_LEVEL_ALIASES],
+    )
+    _env_option(
+        serve,
+        "--log-format",
+        "overrides the config's log_format",
+        aliases=("--log.format",),
+        choices=list(LOG_FORMATS),
     )
     _env_option(
         serve,

@@ -12,6 +12,7 @@ whose ``repr`` and ``str`` never show them.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from enrichproxy.config.durations import parse_duration_ms
+from enrichproxy.config.relabel import KEYS as RELABEL_KEYS
+from enrichproxy.config.relabel import RelabelConfig, RelabelProblems, parse_relabel_config
 from enrichproxy.config.selector import Selector, parse_selector
 from enrichproxy.errors import ConfigError
 from enrichproxy.model import METRIC_NAME_LABEL, VIEW_LABEL
@@ -30,6 +33,9 @@ LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _BYTE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 _BYTES_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB)?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVEL_ALIASES = {"warn": "warning"}
+"""Prometheus' spellings of our log levels (its --log.level takes warn)."""
+LOG_FORMATS = ("logfmt", "json")
 ENGINES = ("auto", "native", "python")
 """The data path's implementations (engine.factory): auto prefers native when it is built."""
 
@@ -180,6 +186,8 @@ class ClientTLSConfig:
     server_name: str | None = None
     """Name the server certificate must carry (and SNI); None: the URL's host."""
     insecure_skip_verify: bool = False
+    min_version: str | None = None
+    """Oldest TLS version accepted (TLS10 … TLS13, Prometheus' spelling); None: TLS 1.2."""
 
 
 # A limit of 0 is no limit. Prometheus' own limits on these (label_limit,
@@ -233,10 +241,20 @@ class RemoteWriteConfig:
     """A disk queue; without one, samples wait in memory (``capacity``)."""
     basic_auth: BasicAuthConfig | None = None
     bearer_token: Secret | None = None
-    """From ``bearer_token`` or ``bearer_token_file``; at most one of it and ``basic_auth``."""
+    """The credentials of ``Authorization: <authorization_type> <credentials>``: from
+    ``bearer_token(_file)`` or ``authorization.credentials(_file)``; at most one of it and
+    ``basic_auth``."""
+    authorization_type: str = "Bearer"
     tls_config: ClientTLSConfig | None = None
     views: tuple[str, ...] | None = None
     """The views whose output this destination receives; None: every view."""
+    write_relabel_configs: tuple[RelabelConfig, ...] = ()
+    """Applied, in order, to every output series sent to this destination (not to the views)."""
+    retry_on_http_429: bool = True
+    """False: a 429 drops the batch, as Prometheus does by default (its retry_on_http_429)."""
+    proxy_url: str | None = None
+    """An HTTP proxy requests go through."""
+    follow_redirects: bool = True
 
     def receives(self, view: str) -> bool:
         """Whether output of ``view`` goes to this destination."""
@@ -247,6 +265,7 @@ class RemoteWriteConfig:
 class Config:
     listen: str = "127.0.0.1:9201"
     log_level: str = "info"
+    log_format: str = "logfmt"
     engine: str = "auto"
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     metadata: MetadataConfig = MetadataConfig()
@@ -305,8 +324,7 @@ class _Section:
         self.data: Mapping[str, Any] = data
         for key in data:
             if key not in known:
-                hint = ", ".join(sorted(known))
-                problems.add(self.at(str(key)), f"unknown key (known keys: {hint})")
+                problems.add(self.at(str(key)), unknown_key_message(str(key), known))
 
     def at(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -319,6 +337,27 @@ class _Section:
         except ValueError as exc:
             self.problems.add(self.at(key), str(exc))
             return default
+
+
+# Keys of Prometheus' remote_write that enrichproxy does not implement, and why: a pasted block
+# that uses one is refused with this reason instead of a bare "unknown key".
+UNSUPPORTED_REMOTE_WRITE_KEYS = {
+    "oauth2": "OAuth 2.0 is not supported: use authorization or basic_auth",
+    "sigv4": "AWS SigV4 signing is not supported",
+    "azuread": "Azure AD authentication is not supported",
+    "no_proxy": "is not supported: proxy_url applies to this destination only",
+    "proxy_from_environment": "is not supported: set proxy_url",
+    "proxy_connect_header": "is not supported",
+}
+
+
+def unknown_key_message(key: str, known: set[str] | frozenset[str]) -> str:
+    """ "unknown key" with the nearest known ones, so a typo or another tool's spelling
+    (``remote_timout``, ``log-level``) points at what to write instead."""
+    close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+    if close:
+        return "unknown key (did you mean " + " or ".join(repr(name) for name in close) + "?)"
+    return f"unknown key (known keys: {', '.join(sorted(known))})"
 
 
 def _kind(value: object) -> str:
@@ -382,6 +421,10 @@ def _choice(*choices: str) -> Callable[[Any, str], str]:
         return str(value)
 
     return convert
+
+
+def _log_level(value: Any, path: str) -> str:
+    return _choice(*LOG_LEVELS, *LOG_LEVEL_ALIASES)(LOG_LEVEL_ALIASES.get(value, value), path)
 
 
 def _label_name(value: Any, _path: str) -> str:
@@ -710,6 +753,95 @@ def _view_names(problems: _Problems, value: Any, path: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+_QUEUE_CONFIG_KEYS = frozenset(
+    {
+        "capacity",
+        "max_shards",
+        "min_shards",
+        "max_samples_per_send",
+        "batch_send_deadline",
+        "min_backoff",
+        "max_backoff",
+        "retry_on_http_429",
+    }
+)
+# Our flat key for each queue_config key that sets the same thing (queue_config.capacity is
+# per shard, as in Prometheus; ``capacity`` is the destination's total).
+_QUEUE_CONFIG_TWINS = {
+    "max_shards": "shards",
+    "capacity": "capacity",
+    "max_samples_per_send": "max_samples_per_send",
+    "min_backoff": "min_backoff",
+    "max_backoff": "max_backoff",
+}
+_METADATA_CONFIG_KEYS = frozenset({"send", "send_interval", "max_samples_per_send"})
+TLS_VERSIONS = ("TLS10", "TLS11", "TLS12", "TLS13")
+
+
+def _parse_queue_config(data: Any, path: str, problems: _Problems) -> _Section:
+    """Prometheus' ``queue_config``, validated; the caller reads the values it uses.
+
+    ``min_shards`` and ``batch_send_deadline`` are accepted and have no effect: enrichproxy runs
+    ``max_shards`` shards from the start and sends a shard's samples as soon as it is free.
+    """
+    section = _Section(data, path, problems, set(_QUEUE_CONFIG_KEYS))
+    for key in ("capacity", "max_shards", "min_shards", "max_samples_per_send"):
+        section.get(key, 0, _positive_int)
+    for key in ("batch_send_deadline", "min_backoff", "max_backoff"):
+        section.get(key, 0, _positive_duration)
+    section.get("retry_on_http_429", False, _boolean)
+    return section
+
+
+def _parse_metadata_config(data: Any, path: str, problems: _Problems) -> None:
+    """Prometheus' ``metadata_config``, validated and otherwise without effect: enrichproxy's
+    output carries no metric metadata."""
+    section = _Section(data, path, problems, set(_METADATA_CONFIG_KEYS))
+    section.get("send", True, _boolean)
+    section.get("send_interval", 0, _positive_duration)
+    section.get("max_samples_per_send", 0, _positive_int)
+
+
+def _parse_relabel_configs(value: Any, path: str, problems: _Problems) -> tuple[RelabelConfig, ...]:
+    if not isinstance(value, list):
+        problems.add(path, f"must be a list of relabel configs, got {_kind(value)}")
+        return ()
+    configs = []
+    for index, item in enumerate(value):
+        section = _Section(item, f"{path}[{index}]", problems, set(RELABEL_KEYS))
+        try:
+            configs.append(parse_relabel_config(section.data))
+        except RelabelProblems as exc:
+            for key, message in exc.problems:
+                problems.add(section.at(key) if key else section.path, message)
+    return tuple(configs)
+
+
+def _proxy_url(value: Any, path: str) -> str:
+    text = _string(value, path)
+    if urlsplit(text).scheme != "http" or not urlsplit(text).hostname:
+        raise ValueError(f"{text!r} is not an http:// proxy URL (only HTTP proxies are supported)")
+    return text
+
+
+def _twin(
+    section: _Section, queue: _Section | None, key: str, problems: _Problems
+) -> tuple[_Section, str] | None:
+    """Where the setting ``key`` (a flat key of ours) is given: the flat key or its
+    queue_config twin; both at once is an error."""
+    twin = next((q for q, flat in _QUEUE_CONFIG_TWINS.items() if flat == key), None)
+    in_queue = queue is not None and twin is not None and queue.data.get(twin) is not None
+    if section.data.get(key) is not None:
+        if in_queue:
+            assert queue is not None and twin is not None
+            problems.add(queue.at(twin), f"sets what {section.at(key)} sets: give one of them")
+        return section, key
+    if in_queue:
+        assert queue is not None and twin is not None
+        return queue, twin
+    return None
+
+
 def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConfig, ...]:
     if data is None:
         problems.add("remote_write", "at least one destination is required")
@@ -721,6 +853,7 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
         "url",
         "name",
         "timeout",
+        "remote_timeout",
         "max_samples_per_send",
         "shards",
         "capacity",
@@ -731,11 +864,24 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
         "views",
         *_CREDENTIAL_KEYS,
         "tls_config",
+        # Prometheus' remote_write keys (docs/configuration.md says what each does here).
+        "queue_config",
+        "metadata_config",
+        "write_relabel_configs",
+        "proxy_url",
+        "follow_redirects",
+        "enable_http2",
+        "send_exemplars",
+        "send_native_histograms",
+        *UNSUPPORTED_REMOTE_WRITE_KEYS,
     }
     destinations: list[RemoteWriteConfig] = []
     names: set[str] = set()
     for index, item in enumerate(data):
         section = _Section(item, f"remote_write[{index}]", problems, known)
+        for key, reason in UNSUPPORTED_REMOTE_WRITE_KEYS.items():
+            if key in section.data:
+                problems.add(section.at(key), reason)
         if "url" not in section.data:
             problems.add(section.at("url"), "is required")
         url = section.get("url", "", _url)
@@ -744,7 +890,7 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
             problems.add(section.at("name"), f"duplicate destination name {name!r}")
         names.add(name)
         default = RemoteWriteConfig(url=url, name=name)
-        basic_auth, bearer_token = _destination_credentials(section, problems)
+        basic_auth, credentials, authorization_type = _destination_credentials(section, problems)
         tls_config = None
         if section.data.get("tls_config") is not None:
             tls_config = _parse_client_tls(
@@ -752,19 +898,47 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
             )
             if url.startswith("http://"):
                 problems.add(section.at("tls_config"), "is only used with an https:// url")
+        queue_config = None
+        if section.data.get("queue_config") is not None:
+            queue_config = _parse_queue_config(
+                section.data["queue_config"], section.at("queue_config"), problems
+            )
+        if section.data.get("metadata_config") is not None:
+            _parse_metadata_config(
+                section.data["metadata_config"], section.at("metadata_config"), problems
+            )
+        for key in ("enable_http2", "send_exemplars", "send_native_histograms"):
+            section.get(key, False, _boolean)
+
+        def setting(key: str, fallback: T, convert: Callable[[Any, str], T]) -> T:
+            where = _twin(section, queue_config, key, problems)  # noqa: B023
+            return fallback if where is None else where[0].get(where[1], fallback, convert)
+
+        timeout_key = "remote_timeout" if "remote_timeout" in section.data else "timeout"
+        if "remote_timeout" in section.data and "timeout" in section.data:
+            problems.add(section.at("timeout"), "give timeout or remote_timeout, not both")
+        shards = setting("shards", default.shards, _positive_int)
+        capacity = setting("capacity", default.capacity, _positive_int)
+        if (
+            queue_config is not None
+            and section.data.get("capacity") is None
+            and queue_config.data.get("capacity") is not None
+        ):
+            capacity *= shards  # Prometheus' capacity is per shard
         config = RemoteWriteConfig(
             url=url,
             name=name,
-            timeout_ms=section.get("timeout", default.timeout_ms, _positive_duration),
-            max_samples_per_send=section.get(
+            timeout_ms=section.get(timeout_key, default.timeout_ms, _positive_duration),
+            max_samples_per_send=setting(
                 "max_samples_per_send", default.max_samples_per_send, _positive_int
             ),
-            shards=section.get("shards", default.shards, _positive_int),
-            capacity=section.get("capacity", default.capacity, _positive_int),
-            min_backoff_ms=section.get("min_backoff", default.min_backoff_ms, _positive_duration),
-            max_backoff_ms=section.get("max_backoff", default.max_backoff_ms, _positive_duration),
+            shards=shards,
+            capacity=capacity,
+            min_backoff_ms=setting("min_backoff", default.min_backoff_ms, _positive_duration),
+            max_backoff_ms=setting("max_backoff", default.max_backoff_ms, _positive_duration),
             basic_auth=basic_auth,
-            bearer_token=bearer_token,
+            bearer_token=credentials,
+            authorization_type=authorization_type,
             tls_config=tls_config,
             headers=(
                 _parse_headers(section.data["headers"], section.at("headers"), problems)
@@ -781,6 +955,22 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
                 if section.data.get("views") is not None
                 else None
             ),
+            write_relabel_configs=(
+                _parse_relabel_configs(
+                    section.data["write_relabel_configs"],
+                    section.at("write_relabel_configs"),
+                    problems,
+                )
+                if section.data.get("write_relabel_configs") is not None
+                else ()
+            ),
+            retry_on_http_429=(
+                default.retry_on_http_429
+                if queue_config is None
+                else queue_config.get("retry_on_http_429", default.retry_on_http_429, _boolean)
+            ),
+            proxy_url=section.get("proxy_url", None, _proxy_url),
+            follow_redirects=section.get("follow_redirects", True, _boolean),
         )
         if config.min_backoff_ms > config.max_backoff_ms:
             problems.add(section.at("min_backoff"), "must not exceed max_backoff")
@@ -894,7 +1084,14 @@ def _parse_server_tls(data: Any, problems: _Problems) -> ServerTLSConfig | None:
 
 
 def _parse_client_tls(data: Any, path: str, problems: _Problems) -> ClientTLSConfig:
-    known = {"ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"}
+    known = {
+        "ca_file",
+        "cert_file",
+        "key_file",
+        "server_name",
+        "insecure_skip_verify",
+        "min_version",
+    }
     section = _Section(data, path, problems, known)
     if ("cert_file" in section.data) != ("key_file" in section.data):
         problems.add(path, "give cert_file and key_file together (the client certificate)")
@@ -907,33 +1104,55 @@ def _parse_client_tls(data: Any, path: str, problems: _Problems) -> ClientTLSCon
         insecure_skip_verify=section.get(
             "insecure_skip_verify", default.insecure_skip_verify, _boolean
         ),
+        min_version=section.get("min_version", default.min_version, _choice(*TLS_VERSIONS)),
     )
 
 
-_CREDENTIAL_KEYS = ("basic_auth", "bearer_token", "bearer_token_file")
+_CREDENTIAL_KEYS = ("basic_auth", "authorization", "bearer_token", "bearer_token_file")
+
+
+def _parse_authorization(data: Any, path: str, problems: _Problems) -> tuple[Secret | None, str]:
+    """Prometheus' ``authorization: {type, credentials | credentials_file}``."""
+    section = _Section(data, path, problems, {"type", "credentials", "credentials_file"})
+    kind = section.get("type", "Bearer", _string)
+    if kind.lower() == "basic":
+        problems.add(section.at("type"), 'cannot be "Basic": use basic_auth')
+    given = [key for key in ("credentials", "credentials_file") if section.data.get(key)]
+    if len(given) != 1:
+        problems.add(path, "give exactly one of credentials, credentials_file")
+        return None, kind
+    convert = _secret_value if given[0] == "credentials" else _secret_file
+    return section.get(given[0], None, convert), kind
 
 
 def _destination_credentials(
     section: _Section, problems: _Problems
-) -> tuple[BasicAuthConfig | None, Secret | None]:
-    """A destination's ``basic_auth`` or bearer token: at most one, and not together with an
-    ``Authorization`` in ``headers`` (which one would be sent is not obvious)."""
+) -> tuple[BasicAuthConfig | None, Secret | None, str]:
+    """A destination's ``basic_auth``, ``authorization`` or bearer token: at most one, and not
+    together with an ``Authorization`` in ``headers`` (which one would be sent is not obvious).
+    Returns the basic auth, or the credentials and scheme of the Authorization header."""
     given = [key for key in _CREDENTIAL_KEYS if section.data.get(key) is not None]
     if len(given) > 1:
         problems.add(section.at(given[1]), f"give at most one of {', '.join(_CREDENTIAL_KEYS)}")
-        return None, None
+        return None, None, "Bearer"
     headers = section.data.get("headers")
     if given and isinstance(headers, Mapping):
         for name in headers:
             if str(name).lower() == "authorization":
                 problems.add(f"{section.at('headers')}.{name}", f"conflicts with {given[0]}")
     if not given:
-        return None, None
+        return None, None, "Bearer"
     if given[0] == "basic_auth":
         path = section.at("basic_auth")
-        return _parse_basic_auth(section.data[given[0]], path, problems, inline_password=True), None
+        basic = _parse_basic_auth(section.data[given[0]], path, problems, inline_password=True)
+        return basic, None, "Bearer"
+    if given[0] == "authorization":
+        credentials, kind = _parse_authorization(
+            section.data["authorization"], section.at("authorization"), problems
+        )
+        return None, credentials, kind
     convert = _secret_value if given[0] == "bearer_token" else _secret_file
-    return None, section.get(given[0], None, convert)
+    return None, section.get(given[0], None, convert), "Bearer"
 
 
 def _parse_limits(data: Any, problems: _Problems) -> LimitsConfig:
@@ -992,6 +1211,7 @@ def parse_config(data: Any) -> Config:
     known = {
         "listen",
         "log_level",
+        "log_format",
         "engine",
         "max_decoded_bytes",
         "metadata",
@@ -1007,7 +1227,8 @@ def parse_config(data: Any) -> Config:
     default = Config()
     config = Config(
         listen=top.get("listen", default.listen, _listen),
-        log_level=top.get("log_level", default.log_level, _choice(*LOG_LEVELS)),
+        log_level=top.get("log_level", default.log_level, _log_level),
+        log_format=top.get("log_format", default.log_format, _choice(*LOG_FORMATS)),
         engine=top.get("engine", default.engine, _choice(*ENGINES)),
         max_decoded_bytes=top.get("max_decoded_bytes", default.max_decoded_bytes, _byte_size),
         metadata=_parse_metadata(top.data.get("metadata"), problems),

@@ -45,6 +45,7 @@ import aiohttp
 from enrichproxy import __version__
 from enrichproxy.config.schema import RemoteWriteConfig
 from enrichproxy.durability.disk_queue import Record, ShardQueue
+from enrichproxy.forward.relabel import Relabeler
 from enrichproxy.model import OutputSample
 from enrichproxy.server.auth import outbound_authorization
 from enrichproxy.server.telemetry import Telemetry
@@ -214,7 +215,9 @@ class Destination:
         # come last: nothing configured can override them.
         self._headers = {
             **dict(config.headers),
-            **outbound_authorization(config.basic_auth, config.bearer_token),
+            **outbound_authorization(
+                config.basic_auth, config.bearer_token, config.authorization_type
+            ),
             **REMOTE_WRITE_HEADERS,
         }
         tls = config.tls_config
@@ -222,6 +225,9 @@ class Destination:
             True if tls is None else client_context(tls, f"remote_write[{self.name}].tls_config")
         )
         self._server_hostname = None if tls is None else tls.server_name
+        self._relabeler = (
+            Relabeler(config.write_relabel_configs) if config.write_relabel_configs else None
+        )
         telemetry.queue_capacity.labels(self.name).set(config.capacity)
         telemetry.queue_capacity_bytes.labels(self.name).set(
             0 if queue is None else queue.max_bytes
@@ -266,6 +272,8 @@ class Destination:
         """Queue samples for sending. Never refuses: callers check ``full`` beforehand."""
         shards = self._shards
         count = len(shards)
+        if self._relabeler is not None:
+            samples = self._relabel(samples)
         by_shard: dict[int, list[OutputSample]] = {}
         for sample in samples:
             by_shard.setdefault(zlib.crc32(sample.label_bytes) % count, []).append(sample)
@@ -275,6 +283,22 @@ class Destination:
         if by_shard:
             self._idle.clear()
             self._make_room()
+
+    def _relabel(self, samples: Iterable[OutputSample]) -> list[OutputSample]:
+        """``samples`` after write_relabel_configs; those it drops are counted."""
+        relabeler = self._relabeler
+        assert relabeler is not None
+        kept: list[OutputSample] = []
+        dropped = 0
+        for sample in samples:
+            label_bytes = relabeler(sample.label_bytes)
+            if label_bytes is None:
+                dropped += 1
+            else:
+                kept.append(sample._replace(label_bytes=label_bytes))
+        if dropped:
+            self._telemetry.forward_relabel_dropped.labels(self.name).inc(dropped)
+        return kept
 
     def _make_room(self) -> None:
         queue = self.config.queue
@@ -351,7 +375,7 @@ class Destination:
             if status is not None and 200 <= status < 300:
                 self._telemetry.forward_samples.labels(self.name).inc(batch.samples)
                 return True
-            if not is_retryable(status):
+            if not is_retryable(status) or (status == 429 and not self.config.retry_on_http_429):
                 log.error(
                     "destination=%s refused %d samples status=%s answer=%r",
                     self.name,
@@ -408,6 +432,8 @@ class Destination:
                 timeout=timeout,
                 ssl=self._ssl,
                 server_hostname=self._server_hostname,
+                proxy=self.config.proxy_url,
+                allow_redirects=self.config.follow_redirects,
             ) as response:
                 detail = ""
                 if response.status >= 300:

@@ -672,7 +672,7 @@ def create_app(
     telemetry = telemetry or Telemetry()
     engine, why = make_engine(config)
     log.info("engine=%s (%s)", engine.name, why)
-    telemetry.engine_info.labels(engine.name).set(1)
+    telemetry.record_build(engine.name)
     proxy = Proxy(
         config=config,
         engine=engine,

@@ -44,13 +44,16 @@ def bearer_credentials(token: str) -> str:
 
 
 def outbound_authorization(
-    basic_auth: BasicAuthConfig | None, bearer_token: Secret | None
+    basic_auth: BasicAuthConfig | None, bearer_token: Secret | None, scheme: str = "Bearer"
 ) -> dict[str, str]:
-    """The Authorization header a destination's requests carry, if it has credentials."""
+    """The Authorization header a destination's requests carry, if it has credentials
+    (``scheme``: Prometheus' ``authorization.type``)."""
     if basic_auth is not None:
         return {"Authorization": basic_credentials(basic_auth.username, basic_auth.password.value)}
     if bearer_token is not None:
-        return {"Authorization": bearer_credentials(bearer_token.value)}
+        if scheme == "Bearer":
+            return {"Authorization": bearer_credentials(bearer_token.value)}
+        return {"Authorization": f"{scheme} {bearer_token.value}"}
     return {}
 
 

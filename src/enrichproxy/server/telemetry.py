@@ -7,6 +7,7 @@ base units (``_seconds``, ``_bytes``).
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable
 
 from prometheus_client import (
@@ -17,7 +18,11 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
+from enrichproxy import __version__
 from enrichproxy.engine.interface import IngestResult, ViewOutput
 
 EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -32,6 +37,15 @@ class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # --- the process. Its whole state (tables, open windows, memory queues) lives in
+        # memory, so process_resident_memory_bytes is the first thing to read when it grows;
+        # the file descriptors count connections and disk-queue segments against their limit.
+        # These are the collectors prometheus_client puts on its default registry; ours is a
+        # registry of its own, so they are registered here: process_* (from /proc, Linux
+        # only), python_info, and python_gc_* (collections and their objects).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         # --- receiving
         self.requests = Counter(
             "enrichproxy_requests_total",
@@ -231,6 +245,13 @@ class Telemetry:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.forward_relabel_dropped = Counter(
+            "enrichproxy_forward_relabel_dropped_samples_total",
+            "Output samples a destination's write_relabel_configs dropped (as configured: not "
+            "a loss).",
+            ["destination"],
+            registry=r,
+        )
         self.queue_samples = Gauge(
             "enrichproxy_queue_samples",
             "Samples queued for a destination.",
@@ -260,7 +281,18 @@ class Telemetry:
             "1 once the metadata table is loaded and writes are accepted.",
             registry=r,
         )
-        # --- the engine (an info metric, as Prometheus' own prometheus_build_info)
+        # --- what runs: info metrics, as Prometheus' own prometheus_build_info. build_info
+        # carries everything to join on (`* on (instance) group_left (version)
+        # enrichproxy_build_info`); engine_info is the same engine label alone, kept because
+        # queries and the `engine` key's documentation name it. Both are set by record_build
+        # from one value, so they never disagree.
+        self.build_info = Gauge(
+            "enrichproxy_build_info",
+            "1, with the enrichproxy version, the Python version and the engine that runs the "
+            "data path (native or python) as labels.",
+            ["version", "python_version", "engine"],
+            registry=r,
+        )
         self.engine_info = Gauge(
             "enrichproxy_engine_info",
             "1 for the engine that runs the data path: native or python.",
@@ -314,6 +346,11 @@ class Telemetry:
 
     def watch_function(self, gauge: Gauge, function: Callable[[], float]) -> None:
         gauge.set_function(function)
+
+    def record_build(self, engine: str) -> None:
+        """The engine chosen at start (it changes only with a restart, so this runs once)."""
+        self.build_info.labels(__version__, platform.python_version(), engine).set(1)
+        self.engine_info.labels(engine).set(1)
 
     def record_config_loaded(self, timestamp: float) -> None:
         """The configuration in use was loaded (at start, or by a successful reload)."""

@@ -37,6 +37,15 @@ def server_context(tls: ServerTLSConfig, path: str = "tls") -> ssl.SSLContext:
     return context
 
 
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+"""Prometheus' ``min_version`` spellings."""
+
+
 def client_context(tls: ClientTLSConfig | None, path: str) -> ssl.SSLContext:
     """A destination's context, as Prometheus' ``tls_config`` describes it.
 
@@ -54,6 +63,10 @@ def client_context(tls: ClientTLSConfig | None, path: str) -> ssl.SSLContext:
             raise ConfigError(
                 [f"{path}.cert_file, {path}.key_file: cannot be used: {_describe(exc)}"]
             ) from None
+    if tls.min_version is not None:
+        # TLS 1.0 and 1.1 need the context's default floor lowered too (OpenSSL's security
+        # level may still refuse them; Prometheus' Go client would accept them).
+        context.minimum_version = _TLS_VERSIONS[tls.min_version]
     if tls.insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
