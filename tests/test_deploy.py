@@ -110,6 +110,8 @@ LABEL_VALUES_RE = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)
 
 # Config fields that are sections of their own, and keys whose default is not a constant.
 CONFIG_SECTIONS = {"metadata", "views", "aggregation", "remote_write", "limits"}
+DOCUMENTED_AS = {"remote_write[].authorization_type": "remote_write[].authorization.type"}
+"""Fields whose configuration key is spelled otherwise (nested in the file, flat in the code)."""
 UNCHECKED_DEFAULTS = {
     "metadata.rules[].name",
     "metadata.rules[].database",
@@ -1006,6 +1008,7 @@ def config_keys() -> list[tuple[str, str | None]]:
             if not prefix and field.name in CONFIG_SECTIONS:
                 continue
             key = prefix + field.name.removesuffix("_ms")
+            key = DOCUMENTED_AS.get(key, key)
             value = getattr(instance, field.name)
             if value is None or key in UNCHECKED_DEFAULTS:
                 keys.append((key, None))
