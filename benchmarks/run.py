@@ -204,17 +204,15 @@ class PhaseTimes:
         return self.ingest + self.flush + self.encode
 
 
-def encode_outputs(outputs: list[ViewOutput], max_samples_per_send: int) -> int:
-    """Encode and compress every flushed sample as the forwarder would send it; bytes made."""
+def encode_outputs(engine: Engine, outputs: list[ViewOutput], max_samples_per_send: int) -> int:
+    """Encode and compress every flushed sample as the forwarder sends it (with the engine's
+    encoder: codec.encode_samples or the native one); bytes made."""
     size = 0
     for output in outputs:
         samples = output.samples
         for start in range(0, len(samples), max_samples_per_send):
             chunk = samples[start : start + max_samples_per_send]
-            message = codec.encode_write_request(
-                (s.label_bytes, ((s.timestamp_ms, s.value),)) for s in chunk
-            )
-            size += len(codec.compress(message))
+            size += len(codec.compress(engine.encode_output(chunk)))
     return size
 
 
@@ -236,7 +234,7 @@ def process(
         if number % flush_every == 0 or number == last:
             outputs = engine.flush(request.now_ms)
             t3 = clock()
-            encode_outputs(outputs, max_samples_per_send)
+            encode_outputs(engine, outputs, max_samples_per_send)
             times.flush += t3 - t2
             times.encode += clock() - t3
             times.output_samples += sum(len(o.samples) for o in outputs)

@@ -14,7 +14,7 @@ metrics.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -158,6 +158,11 @@ class Engine(Protocol):
 
     def flush(self, now_ms: int, final: bool = False) -> list[ViewOutput]:
         """Close complete windows (all of them with ``final``) and return their samples."""
+        ...
+
+    def encode_output(self, samples: Sequence[OutputSample]) -> bytes:
+        """``samples`` as one WriteRequest (uncompressed), as codec.encode_samples makes it.
+        Stateless and thread-safe: the forwarder encodes its batches with it."""
         ...
 
     def set_table(self, table: MetadataTable, rule_index: int = 0) -> bool:

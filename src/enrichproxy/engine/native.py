@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from enrichproxy.config.schema import Config
@@ -209,6 +210,10 @@ class NativeEngine:
         DecodeError or LimitExceeded leaves no sample of the refused request applied.
         """
         return run_steps(self.ingest_steps(self.prepare(body), now_ms))
+
+    def encode_output(self, samples: Sequence[OutputSample]) -> bytes:
+        """codec.encode_samples, in C."""
+        return _native.encode_samples(samples)
 
     def prepare(self, body: bytes) -> _native.Request:
         """Decompressed and scanned into the core's flat arrays (no engine state is read)."""

@@ -15,7 +15,7 @@ already decoded (the tests' and benchmarks' way in).
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -38,13 +38,20 @@ from enrichproxy.engine.limits import check_labels, check_series_count
 from enrichproxy.engine.planner import Planner, ViewPlan
 from enrichproxy.engine.views import Skip, View
 from enrichproxy.metadata.table import Key, MetadataTable
-from enrichproxy.model import METRIC_NAME_LABEL, Labels, MetricMetadata, is_stale_marker
+from enrichproxy.model import (
+    METRIC_NAME_LABEL,
+    Labels,
+    MetricMetadata,
+    OutputSample,
+    is_stale_marker,
+)
 from enrichproxy.wire.codec import (
     DecodedRequest,
     decode_labels,
     decode_write_request,
     decompress,
     encode_labels,
+    encode_samples,
 )
 
 # Samples further ahead of our clock than this are refused by Prometheus (its TSDB limit); they
@@ -178,6 +185,9 @@ class Pipeline:
         The labels of series already planned are not decoded again (codec.decode_write_request).
         """
         return self.apply(decode_write_request(self.prepare(body), self.known_label_bytes), now_ms)
+
+    def encode_output(self, samples: Sequence[OutputSample]) -> bytes:
+        return encode_samples(samples)
 
     def prepare(self, body: bytes) -> bytes:
         """Decompressed only: decoding reads the plans (the labels of known series are not

@@ -34,7 +34,7 @@ import random
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -50,7 +50,7 @@ from enrichproxy.model import OutputSample
 from enrichproxy.server.auth import outbound_authorization
 from enrichproxy.server.telemetry import Telemetry
 from enrichproxy.server.tls import client_context
-from enrichproxy.wire.codec import compress, encode_write_request
+from enrichproxy.wire.codec import compress, encode_samples
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -94,12 +94,14 @@ def is_retryable(status: int | None) -> bool:
     return status is None or status >= 500 or status in RETRIED_CLIENT_ERRORS
 
 
-def encode_batch(batch: Iterable[OutputSample]) -> bytes:
-    """Snappy-compressed WriteRequest; samples of one series are grouped, order kept."""
-    by_series: dict[bytes, list[tuple[int, float]]] = {}
-    for sample in batch:
-        by_series.setdefault(sample.label_bytes, []).append((sample.timestamp_ms, sample.value))
-    return compress(encode_write_request(by_series.items()))
+SampleEncoder = Callable[[Sequence[OutputSample]], bytes]
+"""Output samples → an uncompressed WriteRequest, samples of one series grouped, order kept:
+``encode_samples`` here, or the native engine's (``Engine.encode_output``)."""
+
+
+def encode_batch(batch: Sequence[OutputSample], encode: SampleEncoder = encode_samples) -> bytes:
+    """Snappy-compressed WriteRequest of ``batch``."""
+    return compress(encode(batch))
 
 
 @dataclass
@@ -115,8 +117,9 @@ class Batch:
 class MemoryShard:
     """A shard's samples in memory, encoded when they are sent (lost on a crash)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, encode: SampleEncoder = encode_samples) -> None:
         self._limit = limit
+        self._encode = encode
         self._queue: deque[OutputSample] = deque()
         self.samples = 0
         """Queued and in flight."""
@@ -130,7 +133,7 @@ class MemoryShard:
         if not self._queue:
             return None
         batch = [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
-        return Batch(encode_batch(batch), len(batch))
+        return Batch(encode_batch(batch, self._encode), len(batch))
 
     def done(self, batch: Batch) -> None:
         self.samples -= batch.samples
@@ -148,8 +151,9 @@ class MemoryShard:
 class DiskShard:
     """A shard's batches in a disk queue: encoded when queued, kept until accepted."""
 
-    def __init__(self, directory: Path, limit: int) -> None:
+    def __init__(self, directory: Path, limit: int, encode: SampleEncoder = encode_samples) -> None:
         self._limit = limit
+        self._encode = encode
         self.queue = ShardQueue(directory)
 
     @property
@@ -163,7 +167,7 @@ class DiskShard:
     def put(self, samples: list[OutputSample]) -> None:
         for start in range(0, len(samples), self._limit):
             chunk = samples[start : start + self._limit]
-            self.queue.append(encode_batch(chunk), len(chunk))
+            self.queue.append(encode_batch(chunk, self._encode), len(chunk))
 
     def take(self) -> Batch | None:
         record = self.queue.peek()
@@ -192,6 +196,7 @@ class Destination:
         session: aiohttp.ClientSession,
         telemetry: Telemetry,
         rng: random.Random | None = None,
+        encode: SampleEncoder = encode_samples,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -201,9 +206,9 @@ class Destination:
         limit = config.max_samples_per_send
         queue = config.queue
         self._shards: list[Shard] = [
-            DiskShard(Path(queue.path) / f"shard-{index}", limit)
+            DiskShard(Path(queue.path) / f"shard-{index}", limit, encode)
             if queue is not None
-            else MemoryShard(limit)
+            else MemoryShard(limit, encode)
             for index in range(config.shards)
         ]
         self._wakeups = [asyncio.Event() for _ in self._shards]
@@ -452,16 +457,23 @@ class Destination:
 class Forwarder:
     """All destinations; every output sample goes to each that receives its view."""
 
-    def __init__(self, configs: Iterable[RemoteWriteConfig], telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        configs: Iterable[RemoteWriteConfig],
+        telemetry: Telemetry,
+        encode: SampleEncoder = encode_samples,
+    ) -> None:
         self._configs = tuple(configs)
         self._telemetry = telemetry
+        self._encode = encode
         self._session: aiohttp.ClientSession | None = None
         self.destinations: list[Destination] = []
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
         self.destinations = [
-            Destination(config, self._session, self._telemetry) for config in self._configs
+            Destination(config, self._session, self._telemetry, encode=self._encode)
+            for config in self._configs
         ]
         for destination in self.destinations:
             destination.start()
@@ -518,7 +530,9 @@ class Forwarder:
         for config in self._configs:
             destination = kept.get(config.name)
             if destination is None:
-                destination = Destination(config, self._session, self._telemetry)
+                destination = Destination(
+                    config, self._session, self._telemetry, encode=self._encode
+                )
                 destination.start()
             destinations.append(destination)
         self.destinations = destinations

@@ -677,7 +677,7 @@ def create_app(
         config=config,
         engine=engine,
         telemetry=telemetry,
-        forwarder=Forwarder(config.remote_write, telemetry),
+        forwarder=Forwarder(config.remote_write, telemetry, encode=engine.encode_output),
         config_path=config_path,
     )
     if overrides is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import cramjam
 
 from enrichproxy.errors import DecodeError, PayloadTooLarge
-from enrichproxy.model import Labels, MetricMetadata, MetricType
+from enrichproxy.model import Labels, MetricMetadata, MetricType, OutputSample
 
 # Prometheus' own receiver refuses snappy bodies that declare more than 32 MiB decoded.
 DEFAULT_MAX_DECODED_BYTES = 32 * 1024 * 1024
@@ -449,6 +449,15 @@ def encode_sample(timestamp_ms: int, value: float) -> bytes:
             encode_varint(timestamp_ms),
         )
     )
+
+
+def encode_samples(samples: Iterable[OutputSample]) -> bytes:
+    """A WriteRequest of output samples: the samples of one series grouped under it, series in
+    order of first appearance, samples in order (the forwarder's batches)."""
+    by_series: dict[bytes, list[tuple[int, float]]] = {}
+    for sample in samples:
+        by_series.setdefault(sample.label_bytes, []).append((sample.timestamp_ms, sample.value))
+    return encode_write_request(by_series.items())
 
 
 def encode_write_request(

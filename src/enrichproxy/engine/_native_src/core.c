@@ -1755,7 +1755,134 @@ done:
     return result;
 }
 
+static size_t encoded_varint_size(uint64_t value) {
+    size_t n = 1;
+    while (value >= 0x80) {
+        value >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *encode_varint_at(uint8_t *p, uint64_t value) {
+    while (value >= 0x80) {
+        *p++ = (uint8_t)(value | 0x80);
+        value >>= 7;
+    }
+    *p++ = (uint8_t)value;
+    return p;
+}
+
+/* The size of one Sample field (tag, length, message) for a timestamp. */
+static size_t sample_field_size(uint64_t timestamp) {
+    size_t message = 1 + 8 + 1 + encoded_varint_size(timestamp);
+    return 1 + encoded_varint_size(message) + message;
+}
+
+typedef struct {
+    const char *labels;
+    Py_ssize_t labels_len;
+    uint64_t hash;
+    int32_t first, last; /* samples of this series, linked through next[] */
+    size_t body;         /* the TimeSeries message's size */
+} OutSeries;
+
+/* encode_samples(samples): forwarder.encode_batch's WriteRequest (before compression) for a
+ * sequence of (label bytes, timestamp ms, value): samples of one series grouped under it,
+ * series in order of first appearance, samples in order. */
+static PyObject *module_encode_samples(PyObject *Py_UNUSED(module), PyObject *arg) {
+    PyObject *sequence = PySequence_Fast(arg, "samples must be a sequence");
+    if (sequence == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    size_t cap = 16;
+    while (cap < (size_t)n * 2) cap *= 2;
+    uint32_t *slots = calloc(cap, sizeof(uint32_t));
+    OutSeries *series = malloc((size_t)(n ? n : 1) * sizeof(OutSeries));
+    int32_t *next = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    uint64_t *stamps = malloc((size_t)(n ? n : 1) * sizeof(uint64_t));
+    double *values = malloc((size_t)(n ? n : 1) * sizeof(double));
+    PyObject *result = NULL;
+    size_t nseries = 0;
+    if (slots == NULL || series == NULL || next == NULL || stamps == NULL || values == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(sequence, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_TypeError, "a sample is (label bytes, timestamp, value)");
+            goto done;
+        }
+        char *labels;
+        Py_ssize_t labels_len;
+        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(item, 0), &labels, &labels_len) < 0) goto done;
+        long long timestamp = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 1));
+        if (timestamp == -1 && PyErr_Occurred()) goto done;
+        double value = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 2));
+        if (value == -1.0 && PyErr_Occurred()) goto done;
+        stamps[i] = (uint64_t)timestamp;
+        values[i] = value;
+        next[i] = -1;
+        uint64_t hash = ep_hash((const uint8_t *)labels, (size_t)labels_len);
+        size_t at = hash & (cap - 1);
+        OutSeries *found = NULL;
+        for (; slots[at]; at = (at + 1) & (cap - 1)) {
+            OutSeries *candidate = &series[slots[at] - 1];
+            if (candidate->hash == hash && candidate->labels_len == labels_len &&
+                memcmp(candidate->labels, labels, (size_t)labels_len) == 0) {
+                found = candidate;
+                break;
+            }
+        }
+        if (found == NULL) {
+            found = &series[nseries++];
+            slots[at] = (uint32_t)nseries;
+            found->labels = labels;
+            found->labels_len = labels_len;
+            found->hash = hash;
+            found->first = (int32_t)i;
+            found->body = (size_t)labels_len;
+        } else {
+            next[found->last] = (int32_t)i;
+        }
+        found->last = (int32_t)i;
+        found->body += sample_field_size(stamps[i]);
+    }
+    size_t total = 0;
+    for (size_t k = 0; k < nseries; k++)
+        total += 1 + encoded_varint_size(series[k].body) + series[k].body;
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (result == NULL) goto done;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(result);
+    for (size_t k = 0; k < nseries; k++) {
+        const OutSeries *one = &series[k];
+        *p++ = 0x0A;
+        p = encode_varint_at(p, one->body);
+        memcpy(p, one->labels, (size_t)one->labels_len);
+        p += one->labels_len;
+        for (int32_t i = one->first; i >= 0; i = next[i]) {
+            *p++ = 0x12;
+            p = encode_varint_at(p, 1 + 8 + 1 + encoded_varint_size(stamps[i]));
+            *p++ = 0x09;
+            memcpy(p, &values[i], 8); /* little-endian, as struct "<d" packs it */
+            p += 8;
+            *p++ = 0x10;
+            p = encode_varint_at(p, stamps[i]);
+        }
+    }
+done:
+    free(slots);
+    free(series);
+    free(next);
+    free(stamps);
+    free(values);
+    Py_DECREF(sequence);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
+    {"encode_samples", module_encode_samples, METH_O,
+     "forwarder.encode_batch's WriteRequest, before compression, for (labels, ms, value)."},
     {"decode_labels", module_decode_labels, METH_O,
      "codec.decode_labels for label bytes in the plain form; None for any other."},
     {"encode_labels", module_encode_labels, METH_O, "codec.encode_labels."},
