@@ -473,7 +473,7 @@ class NativeEngine:
         forgotten = groups_forgotten = 0
         for index, view in enumerate(self.planner.views):
             before = core.view_stats(index)
-            samples = [OutputSample(*sample) for sample in core.flush(index, now_ms, final)]
+            samples: list[OutputSample] = core.flush(index, now_ms, final, OutputSample)
             outputs.append(ViewOutput(view.name, samples))
             after = core.view_stats(index)
             forgotten += after[7] - before[7]
@@ -513,7 +513,7 @@ class NativeEngine:
         return result
 
     def _flush_view(self, index: int, now_ms: int) -> list[OutputSample]:
-        return [OutputSample(*sample) for sample in self._core.flush(index, now_ms, True)]
+        return self._core.flush(index, now_ms, True, OutputSample)
 
     # --- state that survives restarts ------------------------------------------------------
 

@@ -1110,12 +1110,22 @@ static PyObject *Core_plan(Core *core, PyObject *args) {
 
 /* --- Core: flush and view state -------------------------------------------------------------- */
 
+/* flush(view, now_ms, final[, sample_type]): the samples of the windows it closes, as
+ * (label bytes, timestamp ms, value) tuples, or as instances of sample_type, a tuple subclass of
+ * three fields (model.OutputSample), made here without calling its Python __new__. */
 static PyObject *Core_flush(Core *core, PyObject *args) {
     int view;
     long long now_ms;
     int final;
-    if (!PyArg_ParseTuple(args, "iLp", &view, &now_ms, &final)) return NULL;
+    PyObject *sample_type = NULL;
+    if (!PyArg_ParseTuple(args, "iLp|O!", &view, &now_ms, &final, &PyType_Type, &sample_type))
+        return NULL;
     if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    PyTypeObject *type = (PyTypeObject *)sample_type;
+    if (type != NULL && !PyType_IsSubtype(type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "sample_type must be a tuple subclass");
+        return NULL;
+    }
     View *state = core->views[view];
     Outputs out = {NULL, 0, 0};
     if (view_flush(state, now_ms, final, &out, core, forget_input_callback) < 0) {
@@ -1129,9 +1139,27 @@ static PyObject *Core_flush(Core *core, PyObject *args) {
     }
     for (size_t i = 0; i < out.n; i++) {
         const Group *group = &state->groups[out.samples[i].group];
-        PyObject *item = Py_BuildValue("(y#Ld)", (const char *)group->labels,
-                                       (Py_ssize_t)group->labels_len,
-                                       (long long)out.samples[i].timestamp_ms, out.samples[i].value);
+        PyObject *item;
+        if (type == NULL) {
+            item = Py_BuildValue("(y#Ld)", (const char *)group->labels,
+                                 (Py_ssize_t)group->labels_len,
+                                 (long long)out.samples[i].timestamp_ms, out.samples[i].value);
+        } else {
+            PyObject *labels = PyBytes_FromStringAndSize((const char *)group->labels,
+                                                         (Py_ssize_t)group->labels_len);
+            PyObject *timestamp = PyLong_FromLongLong(out.samples[i].timestamp_ms);
+            PyObject *value = PyFloat_FromDouble(out.samples[i].value);
+            item = (labels && timestamp && value) ? type->tp_alloc(type, 3) : NULL;
+            if (item == NULL) {
+                Py_XDECREF(labels);
+                Py_XDECREF(timestamp);
+                Py_XDECREF(value);
+            } else {
+                PyTuple_SET_ITEM(item, 0, labels);
+                PyTuple_SET_ITEM(item, 1, timestamp);
+                PyTuple_SET_ITEM(item, 2, value);
+            }
+        }
         if (item == NULL) {
             Py_DECREF(list);
             free(out.samples);
