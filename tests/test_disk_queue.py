@@ -30,7 +30,7 @@ def test_records_come_back_in_order_and_acknowledged_ones_never_again(tmp_path: 
 def test_acknowledged_bytes_do_not_count_as_queued(tmp_path: Path) -> None:
     queue = ShardQueue(tmp_path)
     fill(queue, 3, size=1000)
-    assert queue.size_bytes == 3 * (1000 + 12)
+    assert queue.size_bytes == 3 * (1000 + disk_queue.HEADER_SIZE)
     while (record := queue.peek()) is not None:
         queue.ack(record)
     assert queue.size_bytes == 0
@@ -56,7 +56,7 @@ def test_segments_roll_and_acknowledged_ones_are_deleted(
     monkeypatch.setattr(disk_queue, "SEGMENT_BYTES", 250)
     queue = ShardQueue(tmp_path)
     fill(queue, 6)
-    assert len(list(tmp_path.glob("*.seg"))) == 2  # 3 records of 112 bytes each
+    assert len(list(tmp_path.glob("*.seg"))) == 2  # 3 records of 124 bytes each
     for _ in range(4):
         record = queue.peek()
         assert record is not None

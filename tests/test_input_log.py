@@ -11,8 +11,8 @@ from enrichproxy.durability.input_log import InputLog
 async def test_records_survive_a_reopen_until_a_checkpoint_covers_them(tmp_path: Path) -> None:
     log = InputLog(tmp_path / "wal")
     log.start()
-    numbers = [log.append(f"request {index}".encode()) for index in range(5)]
-    await asyncio.gather(*(log.durable(number) for number in numbers))
+    tickets = [log.append(f"request {index}".encode()) for index in range(5)]
+    await asyncio.gather(*(log.durable(ticket) for ticket in tickets))
     log.covered_by_checkpoint(3)
     await log.stop()
 
@@ -20,17 +20,17 @@ async def test_records_survive_a_reopen_until_a_checkpoint_covers_them(tmp_path:
     assert [r.body for r in reopened.unapplied(3)] == [b"request 3", b"request 4"]
     assert reopened.next_number == 5
     reopened.start()
-    number = reopened.append(b"request 5")
-    await reopened.durable(number)
-    assert number == 5
+    ticket = reopened.append(b"request 5")
+    await reopened.durable(ticket)
+    assert ticket.number == 5
     await reopened.stop()
 
 
 async def test_one_fsync_serves_many_waiting_writes(tmp_path: Path) -> None:
     log = InputLog(tmp_path / "wal")
     log.start()
-    numbers = [log.append(b"x" * 100) for _ in range(50)]
-    await asyncio.wait_for(asyncio.gather(*(log.durable(n) for n in numbers)), timeout=5)
+    tickets = [log.append(b"x" * 100) for _ in range(50)]
+    await asyncio.wait_for(asyncio.gather(*(log.durable(t) for t in tickets)), timeout=5)
     await log.stop()
     assert len(InputLog(tmp_path / "wal").unapplied(0)) == 50
 
