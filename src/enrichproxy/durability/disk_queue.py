@@ -473,6 +473,7 @@ class ShardQueue:
         one being written to. An ack that cannot be written stays in memory (reported) and is
         written by the next ``retry_ack``; segments are deleted only once it is."""
         if number <= self._next_ack:
+            self.retry_ack()  # no progress, but an earlier ack may still wait for the disk
             return
         self._next_ack = number
         self._ack_unsaved = True
