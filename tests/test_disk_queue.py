@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
 from enrichproxy.durability import disk_queue
 from enrichproxy.durability.disk_queue import ShardQueue
+from enrichproxy.durability.health import Damage, DurabilityHealth
 
 
 def fill(queue: ShardQueue, count: int, size: int = 100) -> None:
@@ -72,3 +75,128 @@ def test_drop_oldest_makes_room_even_within_one_segment(tmp_path: Path) -> None:
     assert dropped == 1 + 2  # the older half
     assert [r.number for r in queue.unacknowledged()] == [2, 3]
     assert [r.number for r in ShardQueue(tmp_path).unacknowledged()] == [2, 3]
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+class Reports:
+    """A DurabilityHealth that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, str]] = []
+        self.damage: list[Damage] = []
+        self.health = DurabilityHealth(
+            on_error=lambda file, op: self.errors.append((file, op)), on_damage=self.damage.append
+        )
+
+
+def test_a_failed_append_leaves_no_torn_record_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports = Reports()
+    queue = ShardQueue(tmp_path, reports.health)
+    fill(queue, 2)
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes | memoryview) -> int:
+        written = real_write(fd, bytes(memoryview(data)[: len(memoryview(data)) // 2]))
+        monkeypatch.setattr(disk_queue.os, "write", full_disk)
+        return written
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(disk_queue.os, "write", half_then_full)
+    with pytest.raises(OSError):
+        queue.append(b"refused" * 10, 7)
+    assert reports.errors == [("queue", "append")]
+    assert reports.health.impaired
+    monkeypatch.setattr(disk_queue.os, "write", real_write)
+    assert queue.append(b"accepted", 1) == 2  # the refused one took no number
+    assert not reports.health.impaired
+    queue.sync()
+    reopened = ShardQueue(tmp_path, Reports().health)
+    assert [r.body for r in reopened.unacknowledged()][-1] == b"accepted"
+    assert [r.number for r in reopened.unacknowledged()] == [0, 1, 2]
+    assert reopened.damage == []
+
+
+def test_a_damaged_record_costs_only_itself_and_is_kept_aside(tmp_path: Path) -> None:
+    queue = ShardQueue(tmp_path)
+    fill(queue, 5)
+    segment = next(tmp_path.glob("*.seg"))
+    data = bytearray(segment.read_bytes())
+    data[2 * (100 + disk_queue.HEADER_SIZE) + disk_queue.HEADER_SIZE + 10] ^= 0xFF  # record 2
+    segment.write_bytes(bytes(data))
+
+    reports = Reports()
+    reopened = ShardQueue(tmp_path, reports.health)
+    assert [r.number for r in reopened.unacknowledged()] == [0, 1, 3, 4]
+    assert reopened.samples == 1 + 2 + 4 + 5
+    (damage,) = reports.damage
+    assert damage.records_lost == 1
+    assert damage.bytes_lost == 100 + disk_queue.HEADER_SIZE
+    assert damage.moved_to is not None and damage.moved_to.read_bytes() == bytes(data)
+    # Rewritten with what was intact: the next start finds nothing wrong.
+    again = Reports()
+    assert [r.number for r in ShardQueue(tmp_path, again.health).unacknowledged()] == [0, 1, 3, 4]
+    assert again.damage == []
+
+
+def test_a_deleted_segment_is_reported_with_the_records_it_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(disk_queue, "SEGMENT_BYTES", 250)
+    queue = ShardQueue(tmp_path)
+    fill(queue, 9)  # segments of 3 records: 0-2, 3-5, 6-8
+    (tmp_path / f"{3:020d}.seg").unlink()
+    reports = Reports()
+    reopened = ShardQueue(tmp_path, reports.health)
+    assert [r.number for r in reopened.unacknowledged()] == [0, 1, 2, 6, 7, 8]
+    (damage,) = reports.damage
+    assert damage.records_lost == 3
+    assert "records 3 to 5 missing" in damage.what
+
+
+@pytest.mark.parametrize(
+    "content", [b"garbage", b"12x", b"enrichproxy-ack 2 3 00000000\n", b"\xff"]
+)
+def test_a_bad_ack_file_sends_everything_again_and_is_kept_aside(
+    tmp_path: Path, content: bytes
+) -> None:
+    queue = ShardQueue(tmp_path)
+    fill(queue, 4)
+    record = queue.peek()
+    assert record is not None
+    queue.ack(record)
+    (tmp_path / "ack").write_bytes(content)
+    reports = Reports()
+    reopened = ShardQueue(tmp_path, reports.health)
+    assert [r.number for r in reopened.unacknowledged()] == [0, 1, 2, 3]  # a duplicate, no loss
+    (damage,) = reports.damage
+    assert damage.file == "queue_ack"
+    assert damage.moved_to is not None and damage.moved_to.read_bytes() == content
+
+
+def test_an_ack_the_disk_refuses_is_kept_and_written_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports = Reports()
+    queue = ShardQueue(tmp_path, reports.health)
+    fill(queue, 3)
+    real = disk_queue.write_atomically
+
+    def refuse(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(disk_queue, "write_atomically", refuse)
+    record = queue.peek()
+    assert record is not None
+    queue.ack(record)  # does not raise: the sender goes on
+    assert reports.errors == [("queue_ack", "write")]
+    assert queue.peek() is not None and queue.peek().number == 1  # type: ignore[union-attr]
+    monkeypatch.setattr(disk_queue, "write_atomically", real)
+    queue.sync()
+    assert not reports.health.impaired
+    assert [r.number for r in ShardQueue(tmp_path).unacknowledged()] == [1, 2]
