@@ -10,6 +10,7 @@ import pytest
 
 from enrichproxy.durability import disk_queue
 from enrichproxy.durability.disk_queue import ShardQueue
+from enrichproxy.durability.files import write_atomically
 from enrichproxy.durability.health import Damage, DurabilityHealth
 
 
@@ -101,18 +102,18 @@ def test_a_failed_append_leaves_no_torn_record_behind(
 
     def half_then_full(fd: int, data: bytes | memoryview) -> int:
         written = real_write(fd, bytes(memoryview(data)[: len(memoryview(data)) // 2]))
-        monkeypatch.setattr(disk_queue.os, "write", full_disk)
+        monkeypatch.setattr(os, "write", full_disk)
         return written
 
     def full_disk(fd: int, data: bytes | memoryview) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(disk_queue.os, "write", half_then_full)
+    monkeypatch.setattr(os, "write", half_then_full)
     with pytest.raises(OSError):
         queue.append(b"refused" * 10, 7)
     assert reports.errors == [("queue", "append")]
     assert reports.health.impaired
-    monkeypatch.setattr(disk_queue.os, "write", real_write)
+    monkeypatch.setattr(os, "write", real_write)
     assert queue.append(b"accepted", 1) == 2  # the refused one took no number
     assert not reports.health.impaired
     queue.sync()
@@ -185,18 +186,18 @@ def test_an_ack_the_disk_refuses_is_kept_and_written_later(
     reports = Reports()
     queue = ShardQueue(tmp_path, reports.health)
     fill(queue, 3)
-    real = disk_queue.write_atomically
+    real = write_atomically
 
     def refuse(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(disk_queue, "write_atomically", refuse)
+    monkeypatch.setattr("enrichproxy.durability.disk_queue.write_atomically", refuse)
     record = queue.peek()
     assert record is not None
     queue.ack(record)  # does not raise: the sender goes on
     assert reports.errors == [("queue_ack", "write")]
     assert queue.peek() is not None and queue.peek().number == 1  # type: ignore[union-attr]
-    monkeypatch.setattr(disk_queue, "write_atomically", real)
+    monkeypatch.setattr("enrichproxy.durability.disk_queue.write_atomically", real)
     queue.sync()
     assert not reports.health.impaired
     assert [r.number for r in ShardQueue(tmp_path).unacknowledged()] == [1, 2]
