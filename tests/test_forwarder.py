@@ -12,7 +12,7 @@ from email.utils import format_datetime
 import aiohttp
 import pytest
 from realparts import free_port
-from sinks import Answer, RecordingSink
+from sinks import MOVED_PATH, Answer, RecordingSink
 
 from enrichproxy.config.schema import RemoteWriteConfig
 from enrichproxy.forward.forwarder import (
@@ -84,6 +84,9 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
         (401, True),
         (403, True),
         (404, True),
+        (301, True),
+        (302, True),
+        (307, True),
         (400, False),
         (409, False),
         (413, False),
@@ -229,3 +232,39 @@ async def test_each_series_stays_in_order_through_failures(
     for timestamps in per_series.values():
         assert timestamps == sorted(timestamps)
         assert len(timestamps) == len(set(timestamps)) == 10
+
+
+async def test_a_redirect_is_never_followed_but_retried_and_counted(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    """Following a 302 turns the POST into a GET that a page answers 200: counted as written,
+    stored nowhere. Never followed, it is a wrong URL, retried until fixed."""
+    telemetry = Telemetry()
+    sink.answers.append(Answer(302, headers={"Location": MOVED_PATH}))
+    destination = _destination(sink.url, session, telemetry, shards=1)
+    destination.start()
+    destination.enqueue([_sample(1, 1000)])
+    await sink.wait_accepted(1)
+    assert await destination.drain(5)
+    await destination.stop()
+    assert sink.moved_requests == 0
+    assert len(sink.attempts) == 2
+    assert _value(telemetry, "enrichproxy_forward_requests_total", destination="sink", code="302")
+    assert _value(telemetry, "enrichproxy_forward_retries_total", destination="sink") == 1
+    assert _value(telemetry, "enrichproxy_forward_samples_total", destination="sink") == 1
+
+
+async def test_a_huge_answer_is_not_read_whole(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    telemetry = Telemetry()
+    sink.answers.append(Answer(200, stream_bytes=200 * 1024 * 1024))
+    destination = _destination(sink.url, session, telemetry, shards=1)
+    destination.start()
+    destination.enqueue([_sample(1, 1000)])
+    async with asyncio.timeout(10):
+        while not _value(telemetry, "enrichproxy_forward_samples_total", destination="sink"):
+            await asyncio.sleep(0.01)
+    await destination.stop()
+    # What socket buffers hold at most, far below the answer's 200 MiB.
+    assert sink.streamed < 32 * 1024 * 1024
