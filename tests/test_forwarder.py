@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
 from realparts import free_port
 from sinks import MOVED_PATH, Answer, RecordingSink
 
-from enrichproxy.config.schema import RemoteWriteConfig
+from enrichproxy.config.schema import QueueConfig, RemoteWriteConfig
+from enrichproxy.durability.health import DurabilityHealth
 from enrichproxy.forward.forwarder import (
     REMOTE_WRITE_HEADERS,
     Destination,
@@ -268,3 +272,43 @@ async def test_a_huge_answer_is_not_read_whole(
     await destination.stop()
     # What socket buffers hold at most, far below the answer's 200 MiB.
     assert sink.streamed < 32 * 1024 * 1024
+
+
+async def test_a_batch_the_disk_refuses_waits_in_memory_in_order_until_it_takes_it(
+    sink: RecordingSink,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    telemetry = Telemetry()
+    errors: list[tuple[str, str]] = []
+    health = DurabilityHealth(on_error=lambda file, op: errors.append((file, op)))
+    config = RemoteWriteConfig(
+        url=sink.url,
+        name="sink",
+        min_backoff_ms=10,
+        max_backoff_ms=50,
+        shards=1,
+        queue=QueueConfig(path=str(tmp_path / "queue")),
+    )
+    destination = Destination(config, session, telemetry, health=health)
+    destination.start()
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    destination.enqueue([_sample(1, 1000)])
+    destination.enqueue([_sample(1, 2000)])
+    destination.sync()  # the disk still refuses: nothing lost, nothing raised
+    assert destination.holds_unqueued
+    assert destination.queued == 2
+    assert health.impaired and errors[0] == ("queue", "append")
+    monkeypatch.setattr(os, "write", real_write)
+    destination.sync()  # the disk takes them again, in order
+    assert not destination.holds_unqueued
+    await sink.wait_accepted(2)
+    await destination.stop()
+    assert [ts for _, ts, _ in sink.accepted_samples()] == [1000, 2000]
+    assert not health.impaired
