@@ -199,8 +199,11 @@ class StateStore:
         when it could not be written; the checkpoints on disk are then unchanged."""
         document = {"views": states, "input_log_next": input_log_next}
         data = frame("state", json.dumps(document, separators=(",", ":")).encode())
+        # Only a checkpoint known good becomes the previous one: a damaged file that could
+        # not be moved aside must not push the good previous checkpoint out.
+        keep = self.previous_path if self.path in self._covers else None
         try:
-            _write_synced(self.path, data, keep_previous=self.previous_path)
+            _write_synced(self.path, data, keep_previous=keep)
         except OSError as exc:
             self._health.failed("checkpoint", "write", self.path, exc)
             raise
