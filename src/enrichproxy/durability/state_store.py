@@ -222,7 +222,9 @@ class StateStore:
         """Record, per view, the end (ms) of the last window emitted; a no-op when nothing
         moved. OSError (reported) when it could not be written: ``retry_marker`` tries again."""
         if windows == self._marked:
-            self._marker_wanted = None
+            if self._marker_wanted is not None:  # what failed to be written is moot now
+                self._marker_wanted = None
+                self._health.recovered("emitted_marker", "write", self.marker_path)
             return
         self._marker_wanted = dict(windows)
         self.retry_marker()
