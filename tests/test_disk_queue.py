@@ -12,6 +12,7 @@ from enrichproxy.durability import disk_queue
 from enrichproxy.durability.disk_queue import ShardQueue
 from enrichproxy.durability.files import write_atomically
 from enrichproxy.durability.health import Damage, DurabilityHealth
+from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
 
 
 def fill(queue: ShardQueue, count: int, size: int = 100) -> None:
@@ -201,3 +202,22 @@ def test_an_ack_the_disk_refuses_is_kept_and_written_later(
     queue.sync()
     assert not reports.health.impaired
     assert [r.number for r in ShardQueue(tmp_path).unacknowledged()] == [1, 2]
+
+
+def test_the_report_bounds_when_the_lost_samples_were_taken(tmp_path: Path) -> None:
+    labels = encode_labels((("__name__", "m_total"), ("pod", "a")))
+    queue = ShardQueue(tmp_path)
+    base = 1_800_000_000_000  # 2027-01-15T08:00:00Z
+    for index in range(3):
+        body = compress(encode_write_request([(labels, [(base + index * 60_000, float(index))])]))
+        queue.append(body, 1)
+    queue.sync()
+    segment = next(tmp_path.glob("*.seg"))
+    data = bytearray(segment.read_bytes())
+    second = data.index(b"\xe9PR\x02", 1)
+    data[second + disk_queue.HEADER_SIZE + 3] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    reports = Reports()
+    ShardQueue(tmp_path, reports.health)
+    (damage,) = reports.damage
+    assert "samples 2027-01-15T08:00:00Z..2027-01-15T08:02:00Z" in damage.time_range

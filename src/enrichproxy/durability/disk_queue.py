@@ -42,6 +42,7 @@ from pathlib import Path
 from enrichproxy.durability import records
 from enrichproxy.durability.files import keep_copy, move_aside, mtime_text, write_atomically
 from enrichproxy.durability.health import Damage, DurabilityHealth
+from enrichproxy.durability.timespan import between, sample_times
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,13 @@ class ShardQueue:
         damaged = ", ".join(f"{span.offset}+{span.length}" for span in scan.damaged)
         bytes_lost = sum(span.length for span in scan.damaged)
         written = mtime_text(path)
+        first_bad, last_bad = scan.damaged[0].offset, scan.damaged[-1].offset
+        before = [f for f in scan.frames if f.end <= first_bad]
+        after = [f for f in scan.frames if f.offset > last_bad]
+        sampled = between(
+            sample_times(data[before[-1].offset : before[-1].end]) if before else None,
+            sample_times(data[after[0].offset : after[0].end]) if after else None,
+        )
         moved_to = keep_copy(path)
         clean = b"".join(
             records.encode(f.number, f.samples, data[f.offset : f.end]) for f in scan.frames
@@ -301,7 +309,7 @@ class ShardQueue:
                 records_lost=records_lost,
                 bytes_lost=bytes_lost,
                 moved_to=moved_to,
-                time_range=f"before {written}" if written else "",
+                time_range=f"{sampled}, file written before {written}",
             )
         )
         return data, scan
