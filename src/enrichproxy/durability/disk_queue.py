@@ -222,7 +222,9 @@ class ShardQueue:
         if scan.damaged:
             data, scan = self._contain(segment, data, scan, following)
         elif scan.torn_tail is not None:
-            log.info(
+            # A crash during an append leaves this; that record was never acknowledged (the
+            # input log's) or never synced (a queue's), but a cut file looks the same: say so.
+            log.warning(
                 "%s: cut %d bytes of an interrupted write at the end of %s",
                 self._file,
                 scan.torn_tail.length,
