@@ -221,3 +221,24 @@ def test_the_report_bounds_when_the_lost_samples_were_taken(tmp_path: Path) -> N
     ShardQueue(tmp_path, reports.health)
     (damage,) = reports.damage
     assert "samples 2027-01-15T08:00:00Z..2027-01-15T08:02:00Z" in damage.time_range
+
+
+def test_on_a_full_disk_an_existing_ack_is_rewritten_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports = Reports()
+    queue = ShardQueue(tmp_path, reports.health)
+    fill(queue, 3)
+    first = queue.peek()
+    assert first is not None
+    queue.ack(first)  # the ack file exists from here on
+
+    def refuse(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("enrichproxy.durability.disk_queue.write_atomically", refuse)
+    second = queue.peek()
+    assert second is not None
+    queue.ack(second)
+    assert reports.errors == []
+    assert [r.number for r in ShardQueue(tmp_path).unacknowledged()] == [2]

@@ -33,6 +33,9 @@ pytestmark = pytest.mark.integration
 
 QUERY = 'order_create_failed_total{view="business",service="checkout"}'
 PODS = ("checkout-a", "checkout-b")
+MANY_PODS = tuple(f"checkout-{index:02d}" for index in range(60))
+"""With a view that keeps ``endpoint`` (one per pod): output batches large enough to fill a
+page in a second."""
 TMPFS_SIZE = "4m"
 # Each write answered within this (a refused one too: 503 is immediate).
 WRITE_TIMEOUT_S = 5.0
@@ -99,10 +102,11 @@ class Sender:
     acknowledged, as a remote-write sender would (it retries nothing: the next sample
     carries the whole increase)."""
 
-    def __init__(self, proxy: ProxyProcess) -> None:
+    def __init__(self, proxy: ProxyProcess, pods: tuple[str, ...] = PODS) -> None:
         self.proxy = proxy
-        self.values = dict.fromkeys(PODS, 0.0)
-        self.acknowledged = dict.fromkeys(PODS, 0.0)
+        self.pods = pods
+        self.values = dict.fromkeys(pods, 0.0)
+        self.acknowledged = dict.fromkeys(pods, 0.0)
         self.answers: dict[int, int] = {}
         self.retry_after: set[str] = set()
 
@@ -110,7 +114,7 @@ class Sender:
         """One request; ``increase=False`` repeats the values at a new timestamp (moves the
         proxy's watermark, so open windows close, without changing the expected sums)."""
         now = int(time.time() * 1000)
-        for pod in PODS:
+        for pod in self.pods:
             self.values[pod] += 1 if increase else 0
         body = build_write_request(
             [
@@ -118,12 +122,12 @@ class Sender:
                     {
                         "__name__": "order_create_failed_total",
                         "pod": pod,
-                        "endpoint": "/orders",
+                        "endpoint": f"/orders/{pod}",
                         "error_type": "timeout",
                     },
                     [(now, self.values[pod])],
                 )
-                for pod in PODS
+                for pod in self.pods
             ]
         )
         try:
@@ -172,7 +176,7 @@ def seeded(mongo: MongoServer, mongo_db_name: str) -> str:
     client: MongoClient[dict[str, Any]] = MongoClient(mongo.uri)
     try:
         client[mongo_db_name]["pod_metadata"].insert_many(
-            [{"pod": pod, "service": "checkout", "tier": "gold"} for pod in PODS]
+            [{"pod": pod, "service": "checkout", "tier": "gold"} for pod in {*PODS, *MANY_PODS}]
         )
     finally:
         client.close()
@@ -195,30 +199,36 @@ def ready_status(proxy: ProxyProcess) -> int:
         return 0
 
 
+def proxy_config(
+    mongo: MongoServer, database: str, receiver: PrometheusProcess, state: Path, queue: Path
+) -> dict[str, Any]:
+    return {
+        "metadata": {"mongodb_uri": mongo.uri, "database": database, "refresh_interval": "1h"},
+        "views": [{"name": "business", "keep": ["service", "tier"]}],
+        "aggregation": {
+            "interval": "1s",
+            "lateness": "1s",
+            "state_path": str(state / "aggregation.json"),
+            "checkpoint_interval": "1s",
+        },
+        "remote_write": [
+            {
+                "url": receiver.write_url,
+                "name": "sink",
+                "min_backoff": "50ms",
+                "max_backoff": "500ms",
+                "queue": {"path": str(queue)},
+            }
+        ],
+        "shutdown_timeout": "5s",
+    }
+
+
 def test_a_full_disk_loses_no_acknowledged_sample_and_heals_by_itself(
     tmp_path: Path, mongo: MongoServer, seeded: str, prometheus_receiver: PrometheusProcess
 ) -> None:
     with small_filesystem(tmp_path / "disk") as disk:
-        config = {
-            "metadata": {"mongodb_uri": mongo.uri, "database": seeded, "refresh_interval": "1h"},
-            "views": [{"name": "business", "keep": ["service", "tier"]}],
-            "aggregation": {
-                "interval": "1s",
-                "lateness": "1s",
-                "state_path": str(disk / "state" / "aggregation.json"),
-                "checkpoint_interval": "1s",
-            },
-            "remote_write": [
-                {
-                    "url": prometheus_receiver.write_url,
-                    "name": "sink",
-                    "min_backoff": "50ms",
-                    "max_backoff": "500ms",
-                    "queue": {"path": str(disk / "queue")},
-                }
-            ],
-            "shutdown_timeout": "5s",
-        }
+        config = proxy_config(mongo, seeded, prometheus_receiver, disk / "state", disk / "queue")
         proxy = ProxyProcess(tmp_path / "proxy", config)
         proxy.start()
         sender = Sender(proxy)
@@ -280,6 +290,53 @@ def test_a_full_disk_loses_no_acknowledged_sample_and_heals_by_itself(
             # A start needs free space; nothing must stay mounted with the proxy still on it.
             with contextlib.suppress(OSError):
                 (disk / "filler").unlink()
+
+
+def test_a_full_queue_disk_holds_output_back_and_a_kill_then_loses_no_total(
+    tmp_path: Path, mongo: MongoServer, seeded: str, prometheus_receiver: PrometheusProcess
+) -> None:
+    """Only the disk queue is on the small filesystem: writes go on being acknowledged (the
+    input log has room), the output the queue refuses waits in memory and holds further
+    windows and checkpoints back; a kill -9 in that state loses nothing the input log cannot
+    bring back."""
+    with small_filesystem(tmp_path / "disk") as disk:
+        config = proxy_config(mongo, seeded, prometheus_receiver, tmp_path / "state", disk / "q")
+        config["views"].append({"name": "per_endpoint", "keep": ["endpoint"]})
+        proxy = ProxyProcess(tmp_path / "proxy", config)
+        proxy.start()
+        sender = Sender(proxy, MANY_PODS)
+        try:
+            assert sender.run(3).get(204, 0) > 10
+            filler = fill(disk)
+
+            def queue_refused() -> bool:
+                assert sender.write() == 204  # the input log still takes them
+                refused = proxy.metric(
+                    "enrichproxy_durability_errors_total", file="queue", op="append"
+                )
+                return (refused or 0) > 0
+
+            wait_until(queue_refused, 20, "the disk queue refuses an append")
+            sender.run(2)
+            assert ready_status(proxy) == 503
+            assert proxy.metric("enrichproxy_durability_impaired") == 1
+            proxy.kill()  # the output held in memory goes with it
+            proxy.start(wait_ready=False)  # not ready: the queue's disk is still full
+            sender.run(2)
+            assert ready_status(proxy) == 503
+            filler.unlink()
+            wait_until(lambda: ready_status(proxy) == 200, 20, "ready once the disk has room")
+            assert sender.run(2).get(204, 0) > 5
+            delivered = sender.delivered(prometheus_receiver)
+            assert delivered == sender.expected
+            history = prometheus_receiver.query(f"{QUERY}[10m]")[0]["values"]
+            values = [float(v) for _, v in history]
+            assert values == sorted(values)
+            assert prometheus_receiver.rejection_lines() == []
+            assert proxy.log_lines("Traceback") == []
+            print(f"answers {sender.answers}; sum {sender.expected}; delivered {delivered}")
+        finally:
+            proxy.stop()
 
 
 def test_the_host_can_mount_a_small_filesystem(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ Faults, and what they cost:
   one log line says what was lost (a whole missing segment too);
 * an unreadable ack file is kept aside and every record still on disk is sent again (the
   downstream refuses or ignores what it has: a duplicate, never a loss);
-* an ack that cannot be written is kept in memory and written again at the next sync.
+* an ack that cannot be replaced (a full disk) is rewritten in place (same size, no new
+  block); if even that fails it is kept in memory and written again at the next sync.
 
 Every failure is reported to ``DurabilityHealth``. ``sync`` makes appended records durable
 (fsync); callers sync before they acknowledge.
@@ -32,6 +33,7 @@ Every failure is reported to ``DurabilityHealth``. ``sync`` makes appended recor
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import zlib
@@ -81,8 +83,22 @@ class _Segment:
 
 
 def encode_ack(number: int) -> bytes:
-    text = str(number)
+    """Fixed width, so that an ack can be rewritten in place when the disk is full."""
+    text = f"{number:020d}"
     return f"{ACK_FORMAT} {text} {zlib.crc32(text.encode()):08x}\n".encode()
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    """Rewrite a file of the same size in place: no new block is needed, so it works on a
+    full disk. A torn write fails the CRC and costs a resend, never a loss."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if os.fstat(fd).st_size != len(data):
+            raise OSError(errno.ENOSPC, "no ack of the same size to overwrite")
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def decode_ack(data: bytes) -> int | None:
@@ -492,11 +508,15 @@ class ShardQueue:
     def retry_ack(self) -> None:
         if not self._ack_unsaved:
             return
+        path, data = self.directory / "ack", encode_ack(self._next_ack)
         try:
-            write_atomically(self.directory / "ack", encode_ack(self._next_ack))
+            write_atomically(path, data)
         except OSError as exc:
-            self._health.failed(f"{self._file}_ack", "write", self.directory, exc)
-            return
+            try:
+                _overwrite(path, data)
+            except OSError:
+                self._health.failed(f"{self._file}_ack", "write", self.directory, exc)
+                return
         self._ack_unsaved = False
         self._health.recovered(f"{self._file}_ack", "write", self.directory)
         while len(self._segments) > 1 and self._segments[0].next <= self._next_ack:
