@@ -525,6 +525,7 @@ class Forwarder:
         self,
         configs: Iterable[RemoteWriteConfig],
         telemetry: Telemetry,
+        *,
         health: DurabilityHealth | None = None,
     ) -> None:
         self._configs = tuple(configs)

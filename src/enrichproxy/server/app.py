@@ -813,7 +813,7 @@ def create_app(
         config=config,
         engine=engine,
         telemetry=telemetry,
-        forwarder=Forwarder(config.remote_write, telemetry, health),
+        forwarder=Forwarder(config.remote_write, telemetry, health=health),
         config_path=config_path,
         health=health,
     )
