@@ -28,6 +28,13 @@ class Answer:
     status: int = 204
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    stream_bytes: int = 0
+    """Stream this many bytes of body instead (a wrong endpoint with a huge answer)."""
+
+
+MOVED_PATH = "/moved"
+"""A GET endpoint answering 200: where a redirecting downstream sends its writers."""
+_CHUNK = b"x" * 65536
 
 
 class RecordingSink:
@@ -45,8 +52,12 @@ class RecordingSink:
         self.hold.set()
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.moved_requests = 0
+        """Requests that followed a redirect to MOVED_PATH."""
+        self.streamed = 0
+        """Bytes of streamed answers the client took before it hung up."""
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         await self.hold.wait()
         body = decode_write_request(decompress(await request.read()))
         received = Received(
@@ -58,12 +69,31 @@ class RecordingSink:
         if 200 <= answer.status < 300:
             self.accepted.append(received)
         self.arrived.set()
+        if answer.stream_bytes:
+            return await self._stream(request, answer)
         return web.Response(status=answer.status, text=answer.body, headers=answer.headers)
+
+    async def _stream(self, request: web.Request, answer: Answer) -> web.StreamResponse:
+        response = web.StreamResponse(status=answer.status, headers=answer.headers)
+        response.content_length = answer.stream_bytes
+        await response.prepare(request)
+        try:
+            while self.streamed < answer.stream_bytes:
+                await response.write(_CHUNK)
+                self.streamed += len(_CHUNK)
+        except ConnectionError:
+            pass  # the client closed: what it took is counted
+        return response
+
+    async def _moved(self, _request: web.Request) -> web.Response:
+        self.moved_requests += 1
+        return web.Response(text="a page, not a receiver")
 
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
         """Listen on a free port; with ``ssl_context``, over TLS (``url`` is then https)."""
         app = web.Application()
         app.router.add_post("/api/v1/write", self._handle)
+        app.router.add_get(MOVED_PATH, self._moved)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)

@@ -22,6 +22,7 @@ from realparts import MongoServer
 from sinks import RecordingSink
 
 from enrichproxy.config.schema import load_config
+from enrichproxy.durability.state_store import unframe
 from enrichproxy.metadata.store import FollowState
 from enrichproxy.server.app import create_app
 from enrichproxy.server.telemetry import Telemetry
@@ -298,10 +299,10 @@ async def test_with_a_state_file_the_reload_writes_the_new_views_at_once(
     path.write_text(yaml.safe_dump(changed), encoding="utf-8")
     assert (await client.post("/-/reload")).status == 200
     # Checkpointed at the reload (not after checkpoint_interval): the changed view, empty.
-    saved = json.loads(state.read_text())["views"]
+    saved = json.loads(unframe("state", state.read_bytes()))["views"]
     assert saved["business"]["groups"] == []
     assert len(saved["ops"]["groups"]) == 1
-    emitted = json.loads((tmp_path / "state.json.emitted").read_text())
+    emitted = json.loads(unframe("emitted", (tmp_path / "state.json.emitted").read_bytes()))
     assert emitted["business"] >= t + 2000  # its last window (end, ms) left at the reload
 
 

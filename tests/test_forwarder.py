@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
 from realparts import free_port
-from sinks import Answer, RecordingSink
+from sinks import MOVED_PATH, Answer, RecordingSink
 
 from enrichproxy.config.relabel import parse_relabel_config
-from enrichproxy.config.schema import RemoteWriteConfig, Secret
+from enrichproxy.config.schema import QueueConfig, RemoteWriteConfig, Secret
+from enrichproxy.durability.health import DurabilityHealth
 from enrichproxy.forward.forwarder import (
     REMOTE_WRITE_HEADERS,
     Destination,
@@ -85,6 +89,9 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
         (401, True),
         (403, True),
         (404, True),
+        (301, True),
+        (302, True),
+        (307, True),
         (400, False),
         (409, False),
         (413, False),
@@ -296,3 +303,79 @@ async def test_authorization_type_and_credentials_make_the_header(
     await sink.wait_accepted(1)
     await destination.stop()
     assert sink.accepted[0].headers["Authorization"] == "ApiKey k3y"
+
+
+async def test_a_redirect_is_never_followed_but_retried_and_counted(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    """Following a 302 turns the POST into a GET that a page answers 200: counted as written,
+    stored nowhere. Never followed, it is a wrong URL, retried until fixed."""
+    telemetry = Telemetry()
+    sink.answers.append(Answer(302, headers={"Location": MOVED_PATH}))
+    destination = _destination(sink.url, session, telemetry, shards=1)
+    destination.start()
+    destination.enqueue([_sample(1, 1000)])
+    await sink.wait_accepted(1)
+    assert await destination.drain(5)
+    await destination.stop()
+    assert sink.moved_requests == 0
+    assert len(sink.attempts) == 2
+    assert _value(telemetry, "enrichproxy_forward_requests_total", destination="sink", code="302")
+    assert _value(telemetry, "enrichproxy_forward_retries_total", destination="sink") == 1
+    assert _value(telemetry, "enrichproxy_forward_samples_total", destination="sink") == 1
+
+
+async def test_a_huge_answer_is_not_read_whole(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    telemetry = Telemetry()
+    sink.answers.append(Answer(200, stream_bytes=200 * 1024 * 1024))
+    destination = _destination(sink.url, session, telemetry, shards=1)
+    destination.start()
+    destination.enqueue([_sample(1, 1000)])
+    async with asyncio.timeout(10):
+        while not _value(telemetry, "enrichproxy_forward_samples_total", destination="sink"):
+            await asyncio.sleep(0.01)
+    await destination.stop()
+    # What socket buffers hold at most, far below the answer's 200 MiB.
+    assert sink.streamed < 32 * 1024 * 1024
+
+
+async def test_a_batch_the_disk_refuses_waits_in_memory_in_order_until_it_takes_it(
+    sink: RecordingSink,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    telemetry = Telemetry()
+    errors: list[tuple[str, str]] = []
+    health = DurabilityHealth(on_error=lambda file, op: errors.append((file, op)))
+    config = RemoteWriteConfig(
+        url=sink.url,
+        name="sink",
+        min_backoff_ms=10,
+        max_backoff_ms=50,
+        shards=1,
+        queue=QueueConfig(path=str(tmp_path / "queue")),
+    )
+    destination = Destination(config, session, telemetry, health=health)
+    destination.start()
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    destination.enqueue([_sample(1, 1000)])
+    destination.enqueue([_sample(1, 2000)])
+    destination.sync()  # the disk still refuses: nothing lost, nothing raised
+    assert destination.holds_unqueued
+    assert destination.queued == 2
+    assert health.impaired and errors[0] == ("queue", "append")
+    monkeypatch.setattr(os, "write", real_write)
+    destination.sync()  # the disk takes them again, in order
+    assert not destination.holds_unqueued
+    await sink.wait_accepted(2)
+    await destination.stop()
+    assert [ts for _, ts, _ in sink.accepted_samples()] == [1000, 2000]
+    assert not health.impaired

@@ -10,7 +10,9 @@
     │   ├── LimitExceeded       400: a request-shape limit; carries the limit's name
     │   ├── Unauthorized        401: credentials missing or wrong (never says which part)
     │   ├── BadQuery            400: a debug endpoint's query parameter we cannot use
-    │   └── NotReloadable       400: POST /-/reload, but there is no configuration file
+    │   ├── NotReloadable       400: POST /-/reload, but there is no configuration file
+    │   └── RequestTimeout      408: the body did not arrive in time (connection closed)
+    ├── ClientDisconnected      the client hung up before its body was read: no one to answer
     ├── Unavailable             503: our own transient problem; the sender must retry
     └── ConfigError             a bad configuration, with the YAML path of every problem;
                                 500 when a reload meets it (the running one is kept)
@@ -83,6 +85,23 @@ class NotReloadable(RequestError):
     """A reload was asked of an app created without a configuration file to read again."""
 
     status = 400
+
+
+class RequestTimeout(RequestError):
+    """The request body did not arrive within the body-read timeout: a stuck or malicious
+    sender must not hold a connection and its buffer for ever. The connection is closed."""
+
+    status = 408
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class ClientDisconnected(EnrichproxyError):
+    """The client closed the connection before its request body was complete. Nothing was
+    applied and no answer can reach it; counted, and logged at INFO (it is the client's
+    doing, and its sender retries from its WAL)."""
 
 
 class Unavailable(EnrichproxyError):

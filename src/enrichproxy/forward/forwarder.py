@@ -11,6 +11,10 @@ every other 4xx (and on 429 by default), vmagent drops only on 400, 409 and 415.
 2xx                                  written
 5xx, 429, no answer                  transient: retry with exponential backoff and
                                      jitter, honouring Retry-After
+3xx                                  retried like a 5xx, never followed: a redirect
+                                     turns the POST into a GET (whose 200 stores
+                                     nothing), so it is a wrong URL, logged with its
+                                     Location until the configuration is fixed
 401, 403, 404, 407, 408, 425         retried like a 5xx: a wrong credential, tenant or
                                      URL is a misconfiguration that a fix heals, and a
                                      dropped batch would not come back. The queue fills
@@ -23,6 +27,14 @@ any other 4xx (400, 409, 413, 422…)  permanent: this batch will never be taken
 ===================================  ===================================================
 
 While a batch is retried its shard waits, so per-series order holds.
+
+Answers are read with a cap (``MAX_RESPONSE_BODY``): a destination that answers with a huge
+body costs no memory; the connection is closed instead of drained.
+
+With a disk queue, a batch that cannot be appended (a full disk) is held in memory, in order,
+and appended again at every sync (each flush tick) until the disk takes it; meanwhile
+``holds_unqueued`` is true, and the flusher emits nothing more and takes no checkpoint. Every
+such failure is reported to ``DurabilityHealth``; none ends a sender.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ import aiohttp
 from enrichproxy import __version__
 from enrichproxy.config.schema import RemoteWriteConfig
 from enrichproxy.durability.disk_queue import Record, ShardQueue
+from enrichproxy.durability.health import DurabilityHealth
 from enrichproxy.forward.relabel import Relabeler
 from enrichproxy.model import OutputSample
 from enrichproxy.server.auth import outbound_authorization
@@ -65,6 +78,11 @@ REMOTE_WRITE_HEADERS = {
 }
 # Bytes of an error answer kept for the log: receivers explain themselves in the body.
 MAX_ERROR_BODY = 512
+# Bytes of any answer read at most; beyond, the connection is closed rather than drained. A
+# remote-write answer is empty or a short message: this only guards against a wrong endpoint.
+MAX_RESPONSE_BODY = 64 * 1024
+# A sender whose disk queue cannot be read waits this long before trying again.
+DISK_RETRY_SECONDS = 1.0
 # A Retry-After longer than this is treated as this: a shard must not sleep for hours.
 MAX_RETRY_AFTER_SECONDS = 300.0
 
@@ -91,7 +109,12 @@ RETRIED_CLIENT_ERRORS = frozenset({401, 403, 404, 407, 408, 425, 429})
 
 def is_retryable(status: int | None) -> bool:
     """None stands for no answer at all (connection refused, reset, timeout)."""
-    return status is None or status >= 500 or status in RETRIED_CLIENT_ERRORS
+    return (
+        status is None
+        or status >= 500
+        or status in RETRIED_CLIENT_ERRORS
+        or 300 <= status < 400  # never followed: see the table
+    )
 
 
 SampleEncoder = Callable[[Sequence[OutputSample]], bytes]
@@ -149,39 +172,81 @@ class MemoryShard:
 
 
 class DiskShard:
-    """A shard's batches in a disk queue: encoded when queued, kept until accepted."""
+    """A shard's batches in a disk queue: encoded when queued, kept until accepted.
 
-    def __init__(self, directory: Path, limit: int, encode: SampleEncoder = encode_samples) -> None:
+    A batch the disk does not take (full, failing) waits in memory, in order, and is appended
+    again at every ``put`` and ``sync`` until it is.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        limit: int,
+        health: DurabilityHealth,
+        encode: SampleEncoder = encode_samples,
+    ) -> None:
         self._limit = limit
         self._encode = encode
-        self.queue = ShardQueue(directory)
+        self._health = health
+        self.queue = ShardQueue(directory, health, file="queue")
+        self._unqueued: deque[tuple[bytes, int]] = deque()
 
     @property
     def samples(self) -> int:
-        return self.queue.samples
+        return self.queue.samples + sum(samples for _, samples in self._unqueued)
 
     @property
     def size_bytes(self) -> int:
-        return self.queue.size_bytes
+        return self.queue.size_bytes + sum(len(body) for body, _ in self._unqueued)
+
+    @property
+    def holds_unqueued(self) -> bool:
+        return bool(self._unqueued)
 
     def put(self, samples: list[OutputSample]) -> None:
         for start in range(0, len(samples), self._limit):
             chunk = samples[start : start + self._limit]
-            self.queue.append(encode_batch(chunk, self._encode), len(chunk))
+            self._unqueued.append((encode_batch(chunk, self._encode), len(chunk)))
+        self.queue_held()
+
+    def queue_held(self) -> bool:
+        """Append the batches held in memory; whether none is left."""
+        while self._unqueued:
+            body, samples = self._unqueued[0]
+            try:
+                self.queue.append(body, samples)
+            except OSError:
+                return False  # reported by the queue; kept for the next try
+            self._unqueued.popleft()
+        return True
 
     def take(self) -> Batch | None:
-        record = self.queue.peek()
+        try:
+            record = self.queue.peek()
+        except OSError as exc:
+            self._health.failed("queue", "read", self.queue.directory, exc)
+            raise
+        self._health.recovered("queue", "read", self.queue.directory)
         return None if record is None else Batch(record.body, record.samples, record)
 
     def done(self, batch: Batch) -> None:
         assert batch.record is not None
-        self.queue.ack(batch.record)
+        self.queue.ack(batch.record)  # an ack that cannot be written is kept and retried
 
     def discard(self) -> int:
-        return 0  # stays on disk for the next start
+        dropped = sum(samples for _, samples in self._unqueued)
+        if dropped:
+            log.error(
+                "disk queue %s: %d samples never reached the disk", self.queue.directory, dropped
+            )
+        self._unqueued.clear()
+        return dropped  # the rest stays on disk for the next start
 
     def sync(self) -> None:
-        self.queue.sync()
+        self.queue_held()
+        with contextlib.suppress(OSError):  # reported by the queue, tried again next time
+            self.queue.sync()
+        self.queue.retry_ack()
 
 
 Shard = MemoryShard | DiskShard
@@ -196,7 +261,9 @@ class Destination:
         session: aiohttp.ClientSession,
         telemetry: Telemetry,
         rng: random.Random | None = None,
+        *,
         encode: SampleEncoder = encode_samples,
+        health: DurabilityHealth | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -205,8 +272,9 @@ class Destination:
         self._rng = rng or random.Random()
         limit = config.max_samples_per_send
         queue = config.queue
+        health = health or DurabilityHealth()
         self._shards: list[Shard] = [
-            DiskShard(Path(queue.path) / f"shard-{index}", limit, encode)
+            DiskShard(Path(queue.path) / f"shard-{index}", limit, health, encode)
             if queue is not None
             else MemoryShard(limit, encode)
             for index in range(config.shards)
@@ -258,6 +326,15 @@ class Destination:
         if queue is None:
             return self.queued >= self.config.capacity
         return queue.when_full == "block" and self.queued_bytes >= queue.max_bytes
+
+    @property
+    def holds_unqueued(self) -> bool:
+        """Some output could not be written to the disk queue yet (it waits in memory)."""
+        return any(isinstance(s, DiskShard) and s.holds_unqueued for s in self._shards)
+
+    def queue_held(self) -> bool:
+        """Try the disk again for output held in memory; whether none is left."""
+        return all(s.queue_held() for s in self._shards if isinstance(s, DiskShard))
 
     def _update_idle(self) -> None:
         if self.queued:
@@ -355,7 +432,11 @@ class Destination:
     async def _run(self, index: int) -> None:
         shard, wakeup = self._shards[index], self._wakeups[index]
         while True:
-            batch = shard.take()
+            try:
+                batch = shard.take()
+            except OSError:  # reported by the shard
+                await asyncio.sleep(DISK_RETRY_SECONDS)
+                continue
             if batch is None:
                 wakeup.clear()
                 self._update_idle()
@@ -380,6 +461,8 @@ class Destination:
             if status is not None and 200 <= status < 300:
                 self._telemetry.forward_samples.labels(self.name).inc(batch.samples)
                 return True
+            if status is not None and 300 <= status < 400:
+                detail = f"redirect to {detail or '?'} not followed: fix the url"
             if not is_retryable(status) or (status == 429 and not self.config.retry_on_http_429):
                 log.error(
                     "destination=%s refused %d samples status=%s answer=%r",
@@ -438,13 +521,14 @@ class Destination:
                 ssl=self._ssl,
                 server_hostname=self._server_hostname,
                 proxy=self.config.proxy_url,
-                allow_redirects=self.config.follow_redirects,
+                allow_redirects=False,
             ) as response:
+                head = await read_capped(response)
                 detail = ""
-                if response.status >= 300:
-                    detail = (await response.content.read(MAX_ERROR_BODY)).decode(errors="replace")
-                else:
-                    await response.read()
+                if 300 <= response.status < 400:
+                    detail = response.headers.get("Location", "")
+                elif response.status >= 400:
+                    detail = head.decode(errors="replace")
                 status: int | None = response.status
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -452,6 +536,23 @@ class Destination:
         self._telemetry.forward_duration.labels(self.name).observe(time.perf_counter() - started)
         self._telemetry.forward_requests.labels(self.name, str(status or "error")).inc()
         return status, detail.strip(), retry_after
+
+
+async def read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The first ``MAX_ERROR_BODY`` bytes of an answer, reading at most ``MAX_RESPONSE_BODY``;
+    a longer answer is not drained: its connection is closed."""
+    kept = b""
+    read = 0
+    while read < MAX_RESPONSE_BODY:
+        chunk = await response.content.read(MAX_RESPONSE_BODY - read)
+        if not chunk:
+            return kept
+        read += len(chunk)
+        if len(kept) < MAX_ERROR_BODY:
+            kept += chunk[: MAX_ERROR_BODY - len(kept)]
+    if not response.content.at_eof():
+        response.close()
+    return kept
 
 
 class Forwarder:
@@ -462,17 +563,22 @@ class Forwarder:
         configs: Iterable[RemoteWriteConfig],
         telemetry: Telemetry,
         encode: SampleEncoder = encode_samples,
+        *,
+        health: DurabilityHealth | None = None,
     ) -> None:
         self._configs = tuple(configs)
         self._telemetry = telemetry
         self._encode = encode
+        self._health = health or DurabilityHealth()
         self._session: aiohttp.ClientSession | None = None
         self.destinations: list[Destination] = []
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
         self.destinations = [
-            Destination(config, self._session, self._telemetry, encode=self._encode)
+            Destination(
+                config, self._session, self._telemetry, encode=self._encode, health=self._health
+            )
             for config in self._configs
         ]
         for destination in self.destinations:
@@ -531,7 +637,7 @@ class Forwarder:
             destination = kept.get(config.name)
             if destination is None:
                 destination = Destination(
-                    config, self._session, self._telemetry, encode=self._encode
+                    config, self._session, self._telemetry, encode=self._encode, health=self._health
                 )
                 destination.start()
             destinations.append(destination)
@@ -540,6 +646,16 @@ class Forwarder:
     def sync(self) -> None:
         for destination in self.destinations:
             destination.sync()
+
+    @property
+    def holds_unqueued(self) -> bool:
+        """Some output could not be written to a disk queue yet (it waits in memory): a
+        checkpoint now would cover output a crash loses."""
+        return any(d.holds_unqueued for d in self.destinations)
+
+    def queue_held(self) -> bool:
+        """Try the disk again for output held in memory; whether none is left."""
+        return all([d.queue_held() for d in self.destinations])
 
     async def drain(self, timeout: float) -> bool:
         results = await asyncio.gather(*(d.drain(timeout) for d in self.destinations))

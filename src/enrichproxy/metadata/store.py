@@ -339,7 +339,10 @@ class MetadataStore:
 
     async def close(self) -> None:
         if self.spec.snapshot_path and self.snapshot_due:
-            await asyncio.to_thread(self.write_snapshot)
+            try:
+                await asyncio.to_thread(self.write_snapshot)
+            except OSError as exc:  # a full disk must not fail the shutdown
+                log.error("metadata snapshot %s not written: %s", self.spec.snapshot_path, exc)
         await self.client.close()
 
     def adopt(self, previous: MetadataStore) -> list[RuleFollower]:
@@ -416,12 +419,19 @@ class MetadataStore:
         with tempfile.NamedTemporaryFile(
             "w", encoding="utf-8", dir=directory, prefix=".snapshot-", delete=False
         ) as handle:
-            json.dump(document, handle, separators=(",", ":"))
-            handle.flush()
-            os.fsync(handle.fileno())
+            try:
+                json.dump(document, handle, separators=(",", ":"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                os.unlink(handle.name)  # a full disk is not filled further by retries
+                raise
         os.replace(handle.name, path)
 
     async def _write_snapshots(self) -> None:
+        """Write the snapshot when a table changed; a failed write is tried again every
+        interval, and logged once until it works."""
+        failing = False
         while True:
             await asyncio.sleep(SNAPSHOT_INTERVAL_SECONDS)
             if self.snapshot_due and not self.stale:
@@ -429,7 +439,18 @@ class MetadataStore:
                 try:
                     await asyncio.to_thread(self.write_snapshot)
                 except OSError as exc:
-                    log.error("metadata snapshot %s not written: %s", self.spec.snapshot_path, exc)
+                    self.snapshot_due = True
+                    if not failing:
+                        log.error(
+                            "metadata snapshot %s not written, retrying: %s",
+                            self.spec.snapshot_path,
+                            exc,
+                        )
+                    failing = True
+                    continue
+                if failing:
+                    log.warning("metadata snapshot %s written again", self.spec.snapshot_path)
+                failing = False
 
 
 def snapshot_document(tables: list[tuple[EnrichRule, MetadataTable]]) -> dict[str, Any]:

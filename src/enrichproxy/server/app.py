@@ -32,17 +32,20 @@ from aiohttp import web
 
 from enrichproxy.config.reload import ReloadPlan, plan_reload
 from enrichproxy.config.schema import Config, MetadataConfig, load_config
-from enrichproxy.durability.input_log import InputLog
+from enrichproxy.durability.health import Damage, DurabilityHealth
+from enrichproxy.durability.input_log import InputLog, Ticket
 from enrichproxy.durability.state_store import StateStore
 from enrichproxy.engine.explain import EXPLAIN_PATH, SELECTOR_EXAMPLE, explain, parse_exact_selector
 from enrichproxy.engine.factory import make_engine
 from enrichproxy.engine.interface import Engine, ViewOutput
 from enrichproxy.errors import (
     BadQuery,
+    ClientDisconnected,
     ConfigError,
     LimitExceeded,
     NotReloadable,
     RequestError,
+    RequestTimeout,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -75,6 +78,13 @@ FLUSH_TICK_SECONDS = 0.25
 # cancellation normally ends it within milliseconds; see stop_metadata for the exception.
 STORE_STOP_ATTEMPTS = 10
 STORE_STOP_WAIT_SECONDS = 0.5
+# A request body not complete after this long is given up (408, connection closed): a stuck
+# sender must not hold a connection and its buffer for ever. Remote-write bodies are at most
+# a few megabytes; a sender that cannot deliver them in this time is broken.
+BODY_READ_TIMEOUT_SECONDS = 30.0
+# Retry-After when the input log cannot be written: a full disk takes an operator, or the
+# queues draining, to heal; senders keep the data in their WAL meanwhile.
+DISK_RETRY_AFTER_SECONDS = 5
 
 
 def now_ms() -> int:
@@ -103,6 +113,8 @@ class Proxy:
     gate: EngineGate = field(default_factory=EngineGate)
     """Ingests share the engine; flush, checkpoint and reload have it alone (engine_gate)."""
     """Held by a reload, and by the flusher while it emits: no window leaves mid-reload."""
+    health: DurabilityHealth = field(default_factory=DurabilityHealth)
+    """Whether the durable files can be written (durability/health.py)."""
 
     @property
     def ready(self) -> bool:
@@ -143,23 +155,62 @@ async def handle_write(request: web.Request) -> web.Response:
         raise Unavailable("metadata table not loaded yet", retry_after_seconds=5)
     if proxy.forwarder.full:
         raise Unavailable("forwarding queue full", retry_after_seconds=2)
-    body = await request.read()
+    body = await read_body(request)
     telemetry = proxy.telemetry
     telemetry.received_bytes.inc(len(body))
     started = time.perf_counter()
-    async with proxy.gate.shared():
-        result = await engine_gate.ingest(proxy.engine, body, now_ms())
+    # On disk before it is applied: a write the disk refuses changes nothing and is answered
+    # 503; one that is applied survives a crash (durability/input_log.py).
+    input_log = proxy.input_log
+    ticket = await log_durably(input_log, body) if input_log is not None else None
+    applied = False
+    try:
+        async with proxy.gate.shared():
+            result = await engine_gate.ingest(proxy.engine, body, now_ms())
+        applied = True
+    finally:
+        if input_log is not None and ticket is not None:
+            if applied:
+                input_log.applied(ticket)
+            else:
+                input_log.void(ticket)  # refused (4xx): a replay must refuse it too
     telemetry.record_ingest(result)
-    if proxy.input_log is not None:
-        # Acknowledged only once on disk: a crash from here on replays it (durability/input_log.py).
-        number = proxy.input_log.append(body)
-        try:
-            await proxy.input_log.durable(number)
-        except OSError as exc:
-            log.error("input log: write not made durable: %s", exc)
-            raise Unavailable("could not record the write on disk") from None
     telemetry.request_duration.observe(time.perf_counter() - started)
     return web.Response(status=204)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, within BODY_READ_TIMEOUT_SECONDS."""
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT_SECONDS):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"request body not received within {BODY_READ_TIMEOUT_SECONDS:.0f}s"
+        ) from None
+    except ConnectionResetError:
+        raise ClientDisconnected("client closed the connection before its body was read") from None
+
+
+async def log_durably(input_log: InputLog, body: bytes) -> Ticket:
+    """Append ``body`` to the input log and wait for its fsync; Unavailable (503) when the disk
+    refuses it, with nothing of it kept. The failure itself is logged once and counted by
+    DurabilityHealth, not for every refused request."""
+    unavailable = Unavailable(
+        "the input log cannot be written to disk", retry_after_seconds=DISK_RETRY_AFTER_SECONDS
+    )
+    try:
+        ticket = input_log.append(body)
+    except OSError:
+        raise unavailable from None
+    try:
+        await input_log.durable(ticket)
+    except OSError:
+        raise unavailable from None
+    except asyncio.CancelledError:
+        input_log.void(ticket)  # the handler was cancelled: never answered, never applied
+        raise
+    return ticket
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -183,6 +234,11 @@ async def handle_ready(request: web.Request) -> web.Response:
             else "metadata table not loaded"
         )
         return web.Response(status=503, text=f"enrichproxy is not ready: {reason}.\n")
+    if proxy.health.impaired:
+        return web.Response(
+            status=503,
+            text=f"enrichproxy is not ready: durability impaired: {proxy.health.describe()}.\n",
+        )
     if proxy.store is not None and proxy.store.stale:
         return web.Response(
             text="enrichproxy is ready, with stale metadata: serving the snapshot file until "
@@ -238,6 +294,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(exc, LimitExceeded):
             request.app[PROXY].telemetry.limit_rejections.labels(exc.limit).inc()
         response = web.Response(status=exc.status, text=f"{exc}\n", headers=exc.headers)
+    except ClientDisconnected as exc:
+        # The client's doing, and nothing was applied: INFO, no traceback. 499 as nginx
+        # counts it; no one receives the answer.
+        log.info("request abandoned path=%s reason=%s", request.path, exc)
+        request.app[PROXY].telemetry.client_disconnects.inc()
+        response = web.Response(status=499)
     except Unavailable as exc:
         response = web.Response(
             status=exc.status,
@@ -409,16 +471,38 @@ async def metadata_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def restore_state(proxy: Proxy, store: StateStore) -> int:
-    """Continue the aggregation saved by the last run (checkpoint plus emitted marker);
-    the first input-log record the checkpoint does not cover."""
-    states, emitted, input_log_next = store.load()
-    if states:
-        skipped = proxy.engine.restore_state(states)
+    """Continue the aggregation saved by the last run: the newest checkpoint the engine can
+    read, and the emitted marker. Returns the first input-log record that checkpoint does not
+    cover (0 without one: the whole log is applied again).
+
+    A damaged checkpoint was reported and moved aside by the store; one that passes its
+    checksum but that the engine cannot read (another version's, a bug's) is too, and the
+    engine is rebuilt empty before the previous checkpoint is tried. No file can stop a start.
+    """
+    for saved in store.checkpoints():
+        try:
+            skipped = proxy.engine.restore_state(saved.views)
+        except Exception as exc:  # untrusted content: whatever the engine raises
+            store.reject(saved, f"{type(exc).__name__}: {exc}")
+            proxy.engine = fresh_engine(proxy)
+            continue
         for name, reason in skipped.items():
             log.warning("view=%s starts empty: %s", name, reason)
-        log.info("aggregation state restored from %s", store.path)
-    proxy.engine.mark_emitted_through(emitted)
-    return input_log_next
+        log.info("aggregation state restored from %s", saved.path)
+        proxy.engine.mark_emitted_through(store.load_marker())
+        return saved.input_log_next
+    proxy.engine.mark_emitted_through(store.load_marker())
+    return 0
+
+
+def fresh_engine(proxy: Proxy) -> Engine:
+    """An empty engine for the running configuration, with the tables already loaded."""
+    engine, _ = make_engine(proxy.config)
+    if proxy.store is not None:
+        for index, follower in enumerate(proxy.store.followers):
+            if follower.table is not None:
+                engine.set_table(follower.table, index)
+    return engine
 
 
 async def replay_input_log(proxy: Proxy, input_log: InputLog, first: int) -> None:
@@ -452,22 +536,38 @@ def forward(proxy: Proxy, outputs: list[ViewOutput]) -> None:
 
 
 def checkpoint(proxy: Proxy) -> None:
-    """Write the aggregation state (with ``state_path``; a no-op without)."""
-    # While the last run's log is being applied, a checkpoint would cover records not in yet.
-    if proxy.state_store is not None and not proxy.replaying:
-        started = time.perf_counter()
-        covered = proxy.input_log.next_number if proxy.input_log is not None else 0
-        proxy.state_store.save(proxy.engine.export_state(), covered)
-        if proxy.input_log is not None:
-            proxy.input_log.covered_by_checkpoint(covered)
-        proxy.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
+    """Write the aggregation state (with ``state_path``; a no-op without).
+
+    Skipped while the last run's log is being applied (it would cover records not in yet) and
+    while emitted output is held in memory because the disk refused it (a crash would lose
+    it, and the checkpoint would keep the log from bringing it back). A failed write is
+    reported by the store and tried again at the next interval; the input log keeps
+    everything meanwhile.
+    """
+    store = proxy.state_store
+    if store is None or proxy.replaying:
+        return
+    if store.marker_pending or proxy.forwarder.holds_unqueued:
+        return
+    started = time.perf_counter()
+    input_log = proxy.input_log
+    covered = input_log.covered_through if input_log is not None else 0
+    try:
+        cut_at = store.save(proxy.engine.export_state(), covered)
+    except OSError:
+        return
+    if input_log is not None:
+        # Only what the *previous* checkpoint covers: if the new one is found damaged at the
+        # next start, the previous one and the log from there bring everything back.
+        input_log.covered_by_checkpoint(cut_at)
+    proxy.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
 
 
 async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     """Emits complete windows every tick; with ``state_path``, also checkpoints the state."""
     proxy = app[PROXY]
     settings = proxy.config.aggregation
-    store = StateStore(settings.state_path) if settings.state_path else None
+    store = StateStore(settings.state_path, proxy.health) if settings.state_path else None
     proxy.state_store = store
     input_log: InputLog | None = None
     replay: asyncio.Task[None] | None = None
@@ -478,7 +578,7 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     if store is not None:
         first_unapplied = restore_state(proxy, store)
-        input_log = InputLog(Path(f"{store.path}.wal"))
+        input_log = InputLog(Path(f"{store.path}.wal"), proxy.health)
         input_log.start()
         proxy.input_log = input_log
         proxy.replaying = True
@@ -486,12 +586,30 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
             replay_input_log(proxy, input_log, first_unapplied), name="input-log-replay"
         )
 
+    held: list[ViewOutput] = []
+    """Output of windows whose emitted marker could not be written yet."""
+
     def flush(final: bool) -> None:
+        """Emit complete windows; OSError while the disk refuses what must come first.
+
+        Nothing new is emitted while earlier output waits in memory for the disk (the marker,
+        or a disk queue): the windows stay in the engine, and a checkpoint taken meanwhile
+        would otherwise cover output that only memory holds.
+        """
+        if store is not None:
+            store.retry_marker()
+        if held:
+            forward(proxy, held)
+            held.clear()
+        if not proxy.forwarder.queue_held():
+            return
         engine = proxy.engine
         outputs = engine.flush(now_ms(), final=final)
         if store is not None and any(output.samples for output in outputs):
             # Before the samples are queued: after a crash, never emit these windows again.
+            held.extend(outputs)
             store.mark_emitted(engine.emitted_through_ms())
+            held.clear()
         forward(proxy, outputs)
 
     def checkpoint_interval() -> float:
@@ -500,6 +618,7 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         next_checkpoint = time.monotonic() + checkpoint_interval()
         flushed_at = time.monotonic()
+        last_bug = ""
         while True:
             await asyncio.sleep(FLUSH_TICK_SECONDS)
             if proxy.replaying:
@@ -509,11 +628,18 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
                 # every small write behind the flush; the windows close a tick later.
                 continue
             flushed_at = time.monotonic()
-            async with proxy.reload_lock, proxy.gate.exclusive():
-                flush(final=False)
-                if store is not None and time.monotonic() >= next_checkpoint:
-                    checkpoint(proxy)
-                    next_checkpoint = time.monotonic() + checkpoint_interval()
+            try:
+                async with proxy.reload_lock, proxy.gate.exclusive():
+                    flush(final=False)
+                    if store is not None and time.monotonic() >= next_checkpoint:
+                        checkpoint(proxy)
+                        next_checkpoint = time.monotonic() + checkpoint_interval()
+            except OSError:
+                pass  # reported (DurabilityHealth) where it happened; the next tick retries
+            except Exception as exc:  # a bug must not stop forwarding for good
+                if repr(exc) != last_bug:
+                    log.exception("flush failed; trying again every tick")
+                    last_bug = repr(exc)
 
     task = asyncio.create_task(loop(), name="aggregation-flush")
     yield
@@ -526,12 +652,17 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
             await replay
     # A reload under way finishes first, and so do the ingests under way.
     async with proxy.reload_lock, proxy.gate.exclusive():
-        if store is not None and not proxy.replaying:
-            # The open windows stay open: the next start continues them from the checkpoint.
-            flush(final=False)
-            checkpoint(proxy)
-        elif store is None:
-            flush(final=True)
+        try:
+            if store is not None and not proxy.replaying:
+                # The open windows stay open: the next start continues them from the checkpoint.
+                flush(final=False)
+                checkpoint(proxy)
+            elif store is None:
+                flush(final=True)
+        except OSError:
+            # Reported where it happened. The input log still holds every acknowledged write
+            # since the last checkpoint: the next start applies them again.
+            log.error("shutdown: the state could not be saved; the next start replays the log")
     if input_log is not None:
         await input_log.stop()
     timeout = proxy.config.shutdown_timeout_ms / 1000
@@ -602,8 +733,11 @@ async def apply_config(proxy: Proxy, plan: ReloadPlan) -> None:
         start_metadata(proxy, config.metadata, previous_store)
     if proxy.state_store is not None:
         # As in the flusher, before the windows are queued; and a checkpoint of the new views
-        # now, so that a crash does not bring the old definitions back from the last one.
-        proxy.state_store.mark_emitted(proxy.engine.emitted_through_ms())
+        # now, so that a crash does not bring the old definitions back from the last one. A
+        # disk that refuses the marker does not stop the reload (reported; the flusher retries
+        # it before it emits anything else).
+        with contextlib.suppress(OSError):
+            proxy.state_store.mark_emitted(proxy.engine.emitted_through_ms())
         checkpoint(proxy)
     forward(proxy, reconfigured.outputs)
     for name in reconfigured.removed:
@@ -658,6 +792,22 @@ async def reload_on_sighup(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*running)
 
 
+def durability_health(telemetry: Telemetry) -> DurabilityHealth:
+    """A DurabilityHealth whose reports are counted in ``telemetry``."""
+
+    def on_damage(damage: Damage) -> None:
+        telemetry.durability_corruption.labels(damage.file).inc()
+        telemetry.durability_corrupt_bytes.labels(damage.file).inc(damage.bytes_lost)
+        telemetry.durability_records_lost.labels(damage.file).inc(damage.records_lost or 0)
+
+    health = DurabilityHealth(
+        on_error=lambda file, op: telemetry.durability_errors.labels(file, op).inc(),
+        on_damage=on_damage,
+    )
+    telemetry.watch_function(telemetry.durability_impaired, lambda: float(health.impaired))
+    return health
+
+
 def create_app(
     config: Config,
     telemetry: Telemetry | None = None,
@@ -670,6 +820,7 @@ def create_app(
     ``overrides`` is applied to every configuration so read, as it was to ``config``.
     """
     telemetry = telemetry or Telemetry()
+    health = durability_health(telemetry)
     engine, why = make_engine(config)
     log.info("engine=%s (%s)", engine.name, why)
     telemetry.record_build(engine.name)
@@ -677,8 +828,11 @@ def create_app(
         config=config,
         engine=engine,
         telemetry=telemetry,
-        forwarder=Forwarder(config.remote_write, telemetry, encode=engine.encode_output),
+        forwarder=Forwarder(
+            config.remote_write, telemetry, encode=engine.encode_output, health=health
+        ),
         config_path=config_path,
+        health=health,
     )
     if overrides is not None:
         proxy.overrides = overrides

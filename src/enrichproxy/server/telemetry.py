@@ -67,6 +67,12 @@ class Telemetry:
             ["limit"],
             registry=r,
         )
+        self.client_disconnects = Counter(
+            "enrichproxy_client_disconnects_total",
+            "Remote-write requests whose client closed the connection before the body was "
+            "read (counted as code 499 in enrichproxy_requests_total too).",
+            registry=r,
+        )
         self.request_duration = Histogram(
             "enrichproxy_request_duration_seconds",
             "Time to decode and apply one remote-write request.",
@@ -279,6 +285,39 @@ class Telemetry:
         self.ready = Gauge(
             "enrichproxy_ready",
             "1 once the metadata table is loaded and writes are accepted.",
+            registry=r,
+        )
+        # --- durability: full or failing disks, damaged files (durability/health.py)
+        self.durability_errors = Counter(
+            "enrichproxy_durability_errors_total",
+            "Failed writes, syncs or reads of a durable file, by file (input_log, queue, "
+            "queue_ack, input_log_ack, checkpoint, emitted_marker) and operation. Each is "
+            "retried until it works.",
+            ["file", "op"],
+            registry=r,
+        )
+        self.durability_impaired = Gauge(
+            "enrichproxy_durability_impaired",
+            "1 while a durable file cannot be written (writes are answered 503, output and "
+            "checkpoints wait, /-/ready fails); 0 once every failed operation worked again.",
+            registry=r,
+        )
+        self.durability_corruption = Counter(
+            "enrichproxy_durability_corruption_total",
+            "Damaged durable files or records found at start (reported, moved aside), by file.",
+            ["file"],
+            registry=r,
+        )
+        self.durability_corrupt_bytes = Counter(
+            "enrichproxy_durability_corrupt_bytes_total",
+            "Bytes of durable files that could not be used, by file.",
+            ["file"],
+            registry=r,
+        )
+        self.durability_records_lost = Counter(
+            "enrichproxy_durability_records_lost_total",
+            "Records (queued batches, logged requests) lost to damage, as far as counted, by file.",
+            ["file"],
             registry=r,
         )
         # --- what runs: info metrics, as Prometheus' own prometheus_build_info. build_info
