@@ -129,8 +129,8 @@ def test_real_prometheus_payloads_through_the_example_configuration() -> None:
     assert len(outputs["operational"]) == 2 * 46  # 46 groups, two windows each
     assert len(stale_groups) == 46  # every group ends with its pods' staleness markers
     # The sender's own series (up, scrape_*) are in no view: the views match by metric name.
-    for view in ("operational", "business"):
-        assert not any(line.startswith(("up{", "scrape_")) for line in outputs[view])
+    for name in ("operational", "business"):
+        assert not any(line.startswith(("up{", "scrape_")) for line in outputs[name])
 
 
 # --- drop reasons and counts --------------------------------------------------------------------
