@@ -48,8 +48,10 @@ test-deps:
 	  && command -v docker-compose >/dev/null && command -v htpasswd >/dev/null \
 	  || { $(APT_INSTALL) prometheus docker-compose apache2-utils; }
 
+# The worked example, then the load, then what arrived; DEMO_ARGS=--keep-running keeps the
+# stack up (and the load going) until Ctrl-C, to look around in the downstream's UI.
 demo: $(DEMO_STAMP) system-deps
-	$(BIN)/python -m enrichproxy demo --config conf/enrichproxy.yaml --metadata conf/metadata.yaml
+	$(BIN)/python -m enrichproxy demo --config conf/enrichproxy.yaml --metadata conf/metadata.yaml $(DEMO_ARGS)
 
 # The whole suite runs against each engine (tests/engines.py); the differential, fuzz and
 # AddressSanitizer tests compare the two in both passes.

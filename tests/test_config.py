@@ -59,7 +59,8 @@ def test_example_configuration_loads() -> None:
     assert [view.name for view in config.views] == ["operational", "business"]
     operational, business = config.views
     assert operational.keep == ("service", "endpoint", "error_type")
-    assert operational.match is None
+    assert operational.match is not None
+    assert not operational.match.matches((("__name__", "up"),))
     assert business.keep == ("service", "tier")
     assert business.match is not None
     order: Labels = (("__name__", "order_create_failed_total"),)

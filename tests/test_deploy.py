@@ -445,16 +445,99 @@ def test_compose_enrichproxy_config_is_the_example_with_container_addresses() ->
     same_addresses = replace(
         container,
         listen=example.listen,
-        metadata=replace(container.metadata, mongodb_uri=example.metadata.mongodb_uri),
+        metadata=replace(
+            container.metadata,
+            mongodb_uri=example.metadata.mongodb_uri,
+            snapshot_path=example.metadata.snapshot_path,
+        ),
+        aggregation=replace(container.aggregation, state_path=example.aggregation.state_path),
         remote_write=example.remote_write,
     )
     assert same_addresses == example, (
         "conf/compose/enrichproxy.yaml drifted from conf/enrichproxy.yaml: apply the change to "
-        "both (they may differ only in listen, metadata.mongodb_uri and remote_write)"
+        "both (they may differ only in listen, metadata.mongodb_uri, remote_write and the "
+        "paths of their files)"
     )
     assert len(container.remote_write) == len(example.remote_write)
     for ours, theirs in zip(container.remote_write, example.remote_write, strict=True):
-        assert replace(ours, url=theirs.url, name=theirs.name) == theirs
+        assert ours.queue is not None and theirs.queue is not None
+        assert replace(ours, url=theirs.url, name=theirs.name, queue=theirs.queue) == theirs
+        assert replace(ours.queue, path=theirs.queue.path) == theirs.queue
+
+
+def kubernetes_enrichproxy_config() -> tuple[Config, JSON]:
+    """The Kubernetes example's enrichproxy.yaml, parsed, and its StatefulSet."""
+    documents = kubernetes_documents()
+    maps = config_maps(documents)
+    config = parse_config(yaml.safe_load(maps["enrichproxy-config"]["enrichproxy.yaml"]))
+    workload = next(d for d in documents if d["kind"] == "StatefulSet")
+    return config, workload
+
+
+def test_every_shipped_config_keeps_state_and_a_disk_queue_on_a_volume() -> None:
+    """Nothing lost by default: each shipped configuration checkpoints its aggregation state,
+    keeps a metadata snapshot and gives every destination a disk queue, and in the container
+    layouts those files lie on a volume that outlives the container (a named compose volume,
+    a Kubernetes volume claim), not on the container's own layer or an emptyDir."""
+    data_dir = "/var/lib/enrichproxy"
+    kubernetes, statefulset = kubernetes_enrichproxy_config()
+    configs = {
+        "conf/enrichproxy.yaml": parse_config(load_yaml(EXAMPLE_CONFIG)),
+        "conf/compose/enrichproxy.yaml": parse_config(load_yaml(COMPOSE_CONFIG)),
+        "deploy/kubernetes": kubernetes,
+    }
+    for where, config in configs.items():
+        paths = [config.aggregation.state_path, config.metadata.snapshot_path]
+        paths += [d.queue.path if d.queue is not None else None for d in config.remote_write]
+        assert all(paths), f"{where}: state_path, snapshot_path and a disk queue: {paths}"
+        if where != "conf/enrichproxy.yaml":
+            assert all(str(path).startswith(f"{data_dir}/") for path in paths), (where, paths)
+    # The local example's files land in data/ of the working directory, kept out of git.
+    assert "/data/" in (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()
+
+    enrichproxy = compose()["services"]["enrichproxy"]
+    named = [v for v in enrichproxy["volumes"] if not v.startswith((".", "/"))]
+    assert f"enrichproxy-data:{data_dir}" in named
+    assert "enrichproxy-data" in compose()["volumes"]
+
+    pod = statefulset["spec"]["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "enrichproxy")
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == data_dir)
+    claims = {t["metadata"]["name"] for t in statefulset["spec"]["volumeClaimTemplates"]}
+    assert mount["name"] in claims, "the data directory must be a volume claim, not an emptyDir"
+    assert mount["name"] not in {v["name"] for v in pod.get("volumes", [])}
+
+
+def test_shipped_views_take_only_the_application_metrics() -> None:
+    """A Prometheus that scrapes itself sends up, scrape_* and prometheus_*: no shipped view
+    may sum those into its output (the operational view once summed `up` to 2)."""
+    kubernetes, _ = kubernetes_enrichproxy_config()
+    application = [
+        "order_create_failed_total",
+        "checkout_inflight_requests",
+        "http_request_duration_seconds_bucket",
+        "payment_amount_sum",
+    ]
+    unrelated = [
+        "up",
+        "scrape_duration_seconds",
+        "prometheus_tsdb_head_series",
+        "go_goroutines",
+        "process_cpu_seconds_total",
+    ]
+    for config in (
+        parse_config(load_yaml(EXAMPLE_CONFIG)),
+        parse_config(load_yaml(COMPOSE_CONFIG)),
+        kubernetes,
+    ):
+        for view in config.views:
+            assert view.match is not None, f"view {view.name} has no match"
+            for name in unrelated:
+                assert not view.match.matches((("__name__", name),)), (view.name, name)
+        operational = next(v for v in config.views if v.name == "operational")
+        assert operational.match is not None
+        for name in application:
+            assert operational.match.matches((("__name__", name),)), name
 
 
 def test_mongo_seed_json_agrees_with_metadata_yaml() -> None:

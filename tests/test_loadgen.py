@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from pymongo import AsyncMongoClient
-from realparts import MongoServer
+from realparts import MongoServer, PrometheusProcess, ProxyProcess, free_port, poll_until
 
 from enrichproxy import __version__
 from enrichproxy.model import METRIC_NAME_LABEL, is_stale_marker
@@ -23,6 +28,7 @@ from enrichproxy.tools.loadgen import (
     EXIT_USAGE,
     REPLAY_HISTORY_MS,
     SERIES_PER_POD,
+    STATUS_TIMEOUT,
     Batcher,
     Fleet,
     LoadReport,
@@ -443,3 +449,186 @@ async def test_seed_then_send_keeps_the_table_current(
     finally:
         await client.close()
     assert stored == 10 + report["pods_started"]
+
+
+# --- the report: target against achieved, what limited it, never nan ----------------------------
+
+
+def answered(report: LoadReport, status: str, requests: int, latency_ms: float = 5.0) -> None:
+    for _ in range(requests):
+        report.record(status, report.batch, latency_ms)
+
+
+def test_limit_names_a_reached_target() -> None:
+    report = LoadReport(elapsed_s=10.0, target_rate=2_000.0, batch=100)
+    answered(report, "204", 198)  # 1,980 samples/s: within 5 %
+    assert report.limit() == "nothing: the target rate was reached"
+    assert "target:             2,000 samples/s, achieved 99%" in report.format()
+
+
+def test_limit_names_the_proxys_refusals_first() -> None:
+    # Also CPU-bound and waiting for slots: the refusals are what the reader must fix first.
+    report = LoadReport(elapsed_s=10.0, target_rate=50_000.0, batch=100, cpu_s=9.9, slot_wait_s=9.0)
+    answered(report, "204", 60)
+    answered(report, "503", 40)
+    answered(report, STATUS_TIMEOUT, 1)
+    limit = report.limit()
+    assert limit.startswith("the proxy's answers: HTTP 503 to 40% of requests")
+    assert "no answer in time (timeout) to 1% of requests" in limit
+    assert "not ready" in limit  # what a 503 of enrichproxy means
+
+
+def test_limit_names_the_generators_own_cpu() -> None:
+    report = LoadReport(
+        elapsed_s=10.0, target_rate=1_000_000.0, batch=2_000, cpu_s=9.6, slot_wait_s=8.0
+    )
+    answered(report, "204", 100)
+    assert report.limit().startswith("this generator's CPU: 96% of a core busy")
+    assert "generator CPU:      96% of a core" in report.format()
+
+
+def test_limit_names_the_proxys_latency_with_the_ceiling_it_implies() -> None:
+    report = LoadReport(
+        elapsed_s=10.0, target_rate=100_000.0, concurrency=2, batch=1_000, slot_wait_s=9.0
+    )
+    answered(report, "204", 200, latency_ms=50.0)
+    limit = report.limit()
+    assert limit.startswith("the proxy's latency: all 2 request slots were busy 90% of the time")
+    # 2 in flight x 1,000 samples / 50 ms = 40,000 samples/s at most.
+    assert "at most ~40,000 samples/s" in limit
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        LoadReport(),
+        LoadReport(elapsed_s=1.0, target_rate=1_000.0),
+        LoadReport(elapsed_s=0.0, target_rate=0.0, requests=Counter({"timeout": 3})),
+        LoadReport(elapsed_s=2.0, requests=Counter({"connection_error": 1}), samples_sent=10),
+    ],
+    ids=["empty", "nothing-answered", "no-time", "no-connection"],
+)
+def test_report_never_shows_nan(report: LoadReport) -> None:
+    text = report.format()
+    assert "nan" not in text.lower() and "inf" not in text.lower(), text
+    json.dumps(report.as_dict(), allow_nan=False)  # raises on NaN or infinity
+    assert "latency:            none: no request was answered" in text
+
+
+def test_readme_loadgen_command_seeds_the_pods_it_sends() -> None:
+    """The README's command must not send pods the table lacks (every lookup a miss)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("enrichproxy loadgen ")]
+    assert commands, "the README shows a loadgen command"
+    for command in commands:
+        argv = command.split("#")[0].split()[2:]
+        args = parse(argv)
+        assert args.url is not None
+        assert args.seed_metadata is not None or args.pods_from is not None, command
+
+
+# --- against the real proxy ---------------------------------------------------------------------
+
+
+def loadgen_argv(*flags: str) -> list[str]:
+    return [sys.executable, "-m", "enrichproxy", "loadgen", *flags]
+
+
+def proxy_config(mongo_uri: str, database: str, downstream: str) -> dict[str, object]:
+    return {
+        "metadata": {"mongodb_uri": mongo_uri, "database": database, "timeout": "1s"},
+        "views": [{"name": "business", "keep": ["service", "tier"]}],
+        "aggregation": {"interval": "1s", "lateness": "1s"},
+        "remote_write": [{"url": downstream, "name": "sink"}],
+    }
+
+
+@pytest.mark.integration
+def test_ctrl_c_prints_the_report_without_a_traceback(
+    tmp_path: Path,
+    mongo: MongoServer,
+    mongo_db_name: str,
+    prometheus_receiver: PrometheusProcess,
+) -> None:
+    """Seeded and sent in one command, stopped with SIGINT halfway through a long run: the
+    report comes, every lookup of the proxy was a hit, and no traceback is printed."""
+    proxy = ProxyProcess(
+        tmp_path / "proxy", proxy_config(mongo.uri, mongo_db_name, prometheus_receiver.write_url)
+    )
+    # Ready needs a table: seed first (the same command seeds again before sending).
+    seed = loadgen_argv("--seed-metadata", mongo.uri, "--database", mongo_db_name, "--pods", "20")
+    subprocess.run(seed, check=True, capture_output=True, timeout=30)
+    proxy.start()
+    try:
+        argv = loadgen_argv(
+            *("--seed-metadata", mongo.uri, "--database", mongo_db_name),
+            *("--url", proxy.write_url, "--pods", "20", "--rate", "2000", "--duration", "10m"),
+        )
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            poll_until(
+                lambda: (proxy.metric("enrichproxy_lookups_total", result="hit") or 0) > 0,
+                15,
+                "the first samples at the proxy",
+            )
+            time.sleep(1.0)
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert "Traceback" not in out + err, err
+        assert process.returncode == EXIT_OK, (out, err)
+        assert out.startswith("interrupted after "), out
+        assert "target:             2,000 samples/s, achieved " in out
+        assert "limited by:" in out and "nan" not in out.lower()
+        assert "requests by status: 204: " in out
+        assert (proxy.metric("enrichproxy_lookups_total", result="miss") or 0) == 0
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.integration
+async def test_a_proxy_that_answers_503_is_named_as_the_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real proxy whose MongoDB is unreachable has no table and answers every write 503."""
+    proxy = ProxyProcess(
+        tmp_path / "proxy",
+        proxy_config(f"mongodb://127.0.0.1:{free_port()}/", "metrics", "http://127.0.0.1:1/"),
+    )
+    await asyncio.to_thread(proxy.start, 20.0, False)
+    try:
+        argv = ["--url", proxy.write_url, "--pods", "10", "--rate", "5000", "--duration", "2s"]
+        code = await run(parse([*argv, "--quiet"]))
+    finally:
+        await asyncio.to_thread(proxy.stop)
+    out = capsys.readouterr().out
+    assert code == EXIT_NOT_ALL_ACCEPTED
+    assert "limited by:         the proxy's answers: HTTP 503 to 100% of requests" in out
+    assert "achieved 0%" in out
+
+
+async def test_a_slow_target_is_named_as_the_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    """Answers that take 50 ms with one request in flight cap the rate at 20 requests/s."""
+
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(0.05)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/write", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1/write"
+    flags = ["--pods", "10", "--batch", "100", "--concurrency", "1", "--rate", "50000"]
+    try:
+        code = await run(parse(["--url", url, *flags, "--duration", "2s", "--quiet"]))
+    finally:
+        await runner.cleanup()
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    assert "limited by:         the proxy's latency: all 1 request slots were busy" in out

@@ -434,9 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a shell reports for a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        # Ctrl-C where a command does not stop by itself: the user asked, no traceback.
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return result
 
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
+import signal
 import struct
 import sys
 import time
@@ -96,6 +98,17 @@ MAX_CATCH_UP_S = 1.0
 REPLAY_HISTORY_MS = 24 * 3_600_000
 # Bounds the wait for a Mongo that is down, so a seeding run fails in seconds, not pymongo's 30 s.
 MONGO_TIMEOUT_MS = 5_000
+
+# How LoadReport.limit names what held the rate down. A run within 5 % of its target reached
+# it (pacing and the last partial round cost a little); 1 % of requests refused already costs
+# samples and says the target pushes back; a share of CPU this close to one core means the
+# single event loop is saturated; waiting for a free request slot half of the time means the
+# answers, not the sending, set the pace.
+REACHED_SHARE = 0.95
+REFUSED_SHARE = 0.01
+CPU_BOUND_SHARE = 0.85
+LATENCY_BOUND_SHARE = 0.5
+SHORT_RUN_S = 3.0
 
 # Keys of ``LoadReport.requests`` for requests that got no HTTP answer.
 STATUS_TIMEOUT = "timeout"
@@ -577,6 +590,16 @@ class LoadReport:
     pods_ended: int = 0
     pods_restarted: int = 0
     rounds: int = 0
+    target_rate: float = 0.0
+    """The requested samples/s; 0: as fast as possible."""
+    concurrency: int = DEFAULT_CONCURRENCY
+    batch: int = DEFAULT_BATCH
+    cpu_s: float = 0.0
+    """CPU time this process used during the run (user + system)."""
+    slot_wait_s: float = 0.0
+    """Time a ready request waited because every slot held an unanswered one."""
+    interrupted: bool = False
+    """Stopped early by Ctrl-C (or SIGTERM)."""
 
     def record(self, status: str, samples: int, latency_ms: float | None) -> None:
         self.requests[status] += 1
@@ -605,6 +628,51 @@ class LoadReport:
     def latency_ms(self, quantile: float) -> float:
         return percentile(sorted(self.latencies_ms), quantile)
 
+    @property
+    def cpu_share(self) -> float:
+        """CPU time over elapsed time: 1.0 is one core busy all along."""
+        return self.cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def limit(self) -> str:
+        """What held the achieved rate below the target (or what capped a full-speed run).
+
+        Checked in this order, because each one also inflates the next: answers other than
+        2xx (the target refused, samples/s accepted falls however fast we send), this
+        process's CPU (a saturated event loop also delays every answer it reads), then the
+        target's latency (every request slot busy waiting for answers).
+        """
+        achieved = self.accepted_per_second
+        if not self.requests_total:
+            return "nothing was answered: no request completed"
+        refused = self.requests_not_accepted / self.requests_total
+        if self.target_rate > 0 and achieved >= REACHED_SHARE * self.target_rate:
+            return "nothing: the target rate was reached"
+        if refused >= REFUSED_SHARE:
+            statuses = [(n, s) for s, n in self.requests.items() if not s.startswith("2")]
+            named = ", ".join(
+                f"{_status_text(status)} to {n / self.requests_total:.0%} of requests"
+                for n, status in sorted(statuses, reverse=True)
+            )
+            return f"the proxy's answers: {named}{_status_hint({s: n for n, s in statuses})}"
+        if self.cpu_share >= CPU_BOUND_SHARE:
+            return (
+                f"this generator's CPU: {self.cpu_share:.0%} of a core busy (one event loop);"
+                " run several generators, each with its own --seed"
+            )
+        if self.slot_wait_s >= LATENCY_BOUND_SHARE * self.elapsed_s:
+            p50 = self.latency_ms(0.5)
+            ceiling = self.concurrency * self.batch / (p50 / 1000.0) if p50 > 0 else math.inf
+            cap = f"at most ~{ceiling:,.0f} samples/s" if math.isfinite(ceiling) else "a cap"
+            return (
+                f"the proxy's latency: all {self.concurrency} request slots were busy"
+                f" {self.slot_wait_s / self.elapsed_s:.0%} of the time (p50 {p50:.1f} ms per"
+                f" request of up to {self.batch:,} samples: {cap}); raise --concurrency if the"
+                " proxy has CPU to spare"
+            )
+        if self.target_rate > 0 and self.elapsed_s < SHORT_RUN_S:
+            return "the run was too short to reach the rate (the first round starts cold)"
+        return "nothing measurable here: neither refusals, CPU nor the proxy's latency"
+
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON values (``--json``); NaN latencies become null."""
 
@@ -624,24 +692,64 @@ class LoadReport:
             "pods_started": self.pods_started,
             "pods_ended": self.pods_ended,
             "pods_restarted": self.pods_restarted,
+            "target_per_second": self.target_rate or None,
+            "cpu_share": round(self.cpu_share, 3),
+            "limited_by": self.limit(),
+            "interrupted": self.interrupted,
         }
 
     def format(self) -> str:
-        """The human-readable final report."""
+        """The human-readable final report; every figure is a number or says why not."""
         statuses = ", ".join(f"{status}: {n:,}" for status, n in sorted(self.requests.items()))
-        p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
-        return "\n".join(
-            (
-                f"samples sent:       {self.samples_sent:,} in {self.requests_total:,} requests"
-                f" over {self.elapsed_s:.2f} s ({self.rounds:,} scrape rounds)",
-                f"samples/s achieved: {self.accepted_per_second:,.0f} answered 2xx"
-                f" ({self.sent_per_second:,.0f} sent)",
-                f"requests by status: {statuses or 'none'}",
-                f"latency:            p50 {p50:.1f} ms, p99 {p99:.1f} ms",
-                f"fleet changes:      {self.pods_restarted:,} restarts,"
-                f" {self.pods_ended:,} pods replaced",
+        if self.latencies_ms:
+            p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
+            latency = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        else:
+            latency = "none: no request was answered"
+        achieved = self.accepted_per_second
+        if self.target_rate > 0:
+            target = (
+                f"{self.target_rate:,.0f} samples/s, achieved {achieved / self.target_rate:.0%}"
             )
-        )
+        else:
+            target = "none (as fast as possible)"
+        lines = [
+            f"samples sent:       {self.samples_sent:,} in {self.requests_total:,} requests"
+            f" over {self.elapsed_s:.2f} s ({self.rounds:,} scrape rounds)",
+            f"samples/s achieved: {achieved:,.0f} answered 2xx ({self.sent_per_second:,.0f} sent)",
+            f"target:             {target}",
+            f"limited by:         {self.limit()}",
+            f"requests by status: {statuses or 'none'}",
+            f"latency:            {latency}",
+            f"generator CPU:      {self.cpu_share:.0%} of a core",
+            f"fleet changes:      {self.pods_restarted:,} restarts,"
+            f" {self.pods_ended:,} pods replaced",
+        ]
+        if self.interrupted:
+            lines.insert(0, f"interrupted after {self.elapsed_s:.2f} s: the report so far")
+        return "\n".join(lines)
+
+
+def _status_text(status: str) -> str:
+    if status == STATUS_TIMEOUT:
+        return "no answer in time (timeout)"
+    if status == STATUS_CONNECTION_ERROR:
+        return "no connection"
+    return f"HTTP {status}"
+
+
+def _status_hint(statuses: dict[str, int]) -> str:
+    """What the most frequent refusal usually means, for the reader of the report."""
+    top = max(statuses, key=statuses.__getitem__)
+    hints = {
+        "503": " (not ready: a metadata table not loaded yet, or a full queue; its /metrics"
+        " and log say which)",
+        "429": " (rate limited)",
+        "400": " (the request was refused as invalid: the proxy's answer says why)",
+        STATUS_TIMEOUT: " (the proxy is overloaded or stalled; try a lower --rate)",
+        STATUS_CONNECTION_ERROR: " (is the proxy running at --url?)",
+    }
+    return hints.get(top, "")
 
 
 # --- the sender ---------------------------------------------------------------------------------
@@ -726,6 +834,7 @@ async def generate_load(
     progress: TextIO | None = None,
     wall_ms: Callable[[], int] = _wall_ms,
     round_clock: RoundClock | None = None,
+    stop: asyncio.Event | None = None,
 ) -> LoadReport:
     """Scrape ``fleet`` round after round and post it to ``settings.url`` until time is up.
 
@@ -737,11 +846,14 @@ async def generate_load(
     ``settings.sample_interval_ms``); pass the same clock to successive runs on one fleet so
     their timestamps keep increasing.
 
-    Stops starting requests at ``duration_ms`` or after ``max_requests``, then waits for the
-    ones in flight (each bounded by ``timeout_ms``). Never retries: every answer is counted.
+    Stops starting requests at ``duration_ms``, after ``max_requests`` or when ``stop`` is set
+    (Ctrl-C), then waits for the ones in flight (each bounded by ``timeout_ms``). Never
+    retries: every answer is counted.
     """
     loop = asyncio.get_running_loop()
-    report = LoadReport()
+    report = LoadReport(
+        target_rate=settings.rate, concurrency=settings.concurrency, batch=settings.batch
+    )
     encoder = RequestEncoder()
     batcher = Batcher(settings.batch)
     slots = asyncio.Semaphore(settings.concurrency)
@@ -758,10 +870,18 @@ async def generate_load(
     round_period = fleet.series_per_scrape / settings.rate if settings.rate > 0 else 0.0
     next_round = start
     requests_started = 0
+    stopped = stop if stop is not None else asyncio.Event()
+    cpu_start = time.process_time()
 
     def finished(task: asyncio.Task[None]) -> None:
         in_flight.discard(task)
         slots.release()
+
+    async def pause(seconds: float) -> None:
+        """Sleep, but wake up at once when the run is stopped (Ctrl-C)."""
+        if seconds > 0 and not stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), seconds)
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         progress_task = None
@@ -771,7 +891,7 @@ async def generate_load(
         try:
             while settings.max_requests is None or requests_started < settings.max_requests:
                 now = loop.time()
-                if now >= deadline:
+                if now >= deadline or stopped.is_set():
                     break
                 if len(batcher) < settings.batch and now >= next_round:
                     # Rounds come one period apart, as scrapes do; when the target falls behind,
@@ -780,7 +900,7 @@ async def generate_load(
                     now_ms = wall_ms()
                     timestamp = round_clock.next(now_ms)
                     if timestamp > now_ms:  # wall mode, rounds less than 1 ms apart
-                        await asyncio.sleep((timestamp - now_ms) / 1000.0)
+                        await pause((timestamp - now_ms) / 1000.0)
                     scrape = fleet.scrape(timestamp)
                     report.rounds += 1
                     report.pods_started += len(scrape.started)
@@ -791,7 +911,7 @@ async def generate_load(
                     batcher.add(scrape.samples)
                     continue
                 if not batcher:
-                    await asyncio.sleep(min(next_round, deadline) - now)
+                    await pause(min(next_round, deadline) - now)
                     continue
                 # A full batch, or what is left of the last round before the next one is due
                 # (a Prometheus queue sends a partial batch after its batch_send_deadline).
@@ -799,12 +919,20 @@ async def generate_load(
                 body = encoder.body(batch)
                 delay = pacer.delay(loop.time())
                 if loop.time() + delay >= deadline:
-                    await asyncio.sleep(max(0.0, deadline - loop.time()))
+                    await pause(deadline - loop.time())
                     break
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await slots.acquire()
-                if loop.time() >= deadline:
+                await pause(delay)
+                if stopped.is_set():
+                    break
+                if slots.locked():
+                    # Every slot holds a request the target has not answered yet: time the
+                    # target's latency takes from the rate (LoadReport.limit reads it).
+                    waited_from = loop.time()
+                    await slots.acquire()
+                    report.slot_wait_s += loop.time() - waited_from
+                else:
+                    await slots.acquire()
+                if loop.time() >= deadline or stopped.is_set():
                     slots.release()
                     break
                 pacer.sent(len(batch))
@@ -816,6 +944,8 @@ async def generate_load(
             if in_flight:
                 await asyncio.wait(set(in_flight))
             report.elapsed_s = loop.time() - start
+            report.cpu_s = time.process_time() - cpu_start
+            report.interrupted = stopped.is_set()
             if progress_task is not None:
                 progress_task.cancel()
                 await asyncio.gather(progress_task, return_exceptions=True)
@@ -1096,6 +1226,32 @@ def fleet_from_args(args: argparse.Namespace) -> Fleet:
     )
 
 
+@contextlib.contextmanager
+def _stop_signals_call(callback: Callable[[], None]) -> Iterator[None]:
+    """While inside, SIGINT (Ctrl-C) and SIGTERM call ``callback`` instead of interrupting.
+
+    A load run stopped by hand should end like one that ran out of time: the requests in
+    flight answered, the report printed. asyncio's default for Ctrl-C cancels the main task
+    instead, which loses the report and ends in a traceback. Outside the main thread (where
+    signals cannot be handled) this does nothing. The handlers in place before are restored.
+    """
+    loop = asyncio.get_running_loop()
+    installed: list[tuple[signal.Signals, Any]] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        try:
+            loop.add_signal_handler(signum, callback)
+        except (RuntimeError, ValueError):  # not the main thread
+            continue
+        installed.append((signum, previous))
+    try:
+        yield
+    finally:
+        for signum, previous in installed:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, previous)
+
+
 async def run(args: argparse.Namespace) -> int:
     """``enrichproxy loadgen``: seed metadata, send load, or both; the process exit code.
 
@@ -1130,6 +1286,14 @@ async def run(args: argparse.Namespace) -> int:
             print(message)
             return EXIT_OK
         print(message, file=sys.stderr)
+    if seeder is None and args.pods_from is None and not args.quiet:
+        # Generated pod names are in no table unless this run or an earlier one seeded them:
+        # every lookup would miss and the views would hold no service or tier.
+        print(
+            f"loadgen: the {fleet.pod_count:,} generated pods are only in the proxy's metadata"
+            " table if seeded (same --pods and --seed): add --seed-metadata MONGODB_URI",
+            file=sys.stderr,
+        )
     if not args.quiet:
         print(
             f"loadgen: {fleet.series_per_scrape:,} series from {fleet.pod_count:,} pods"
@@ -1139,13 +1303,26 @@ async def run(args: argparse.Namespace) -> int:
             f" {settings.concurrency} in flight, for {format_duration_ms(settings.duration_ms)}",
             file=sys.stderr,
         )
+    stop = asyncio.Event()
+
+    def interrupt() -> None:
+        if not stop.is_set():
+            print(
+                "\nloadgen: interrupted; waiting for the requests in flight, then the report",
+                file=sys.stderr,
+                flush=True,
+            )
+        stop.set()
+
     try:
-        report = await generate_load(
-            settings,
-            fleet,
-            on_pods_started=seeder.upsert_later if seeder is not None else None,
-            progress=None if args.quiet else sys.stderr,
-        )
+        with _stop_signals_call(interrupt):
+            report = await generate_load(
+                settings,
+                fleet,
+                on_pods_started=seeder.upsert_later if seeder is not None else None,
+                progress=None if args.quiet else sys.stderr,
+                stop=stop,
+            )
     finally:
         if seeder is not None:
             await seeder.close()
