@@ -85,12 +85,17 @@ class Case:
     """Overrides of the ``aggregation`` YAML section."""
 
 
+TABLE_LATENESS = "30s"
+"""The cases below are written for a 30 s lateness (longer than the default, so that a window
+can wait while later samples arrive); a case may set its own."""
+
+
 def make_config(aggregation: Mapping[str, str]) -> Config:
     return parse_config(
         {
             "metadata": {"fields": ["service"]},
             "views": [{"name": "ops", "keep": ["service"]}],
-            "aggregation": dict(aggregation),
+            "aggregation": {"lateness": TABLE_LATENESS, **aggregation},
             "remote_write": [{"url": "http://127.0.0.1:1/api/v1/write"}],
         }
     )

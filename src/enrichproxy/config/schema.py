@@ -117,9 +117,11 @@ class ViewConfig:
 @dataclass(frozen=True)
 class AggregationConfig:
     interval_ms: int = 15_000
-    lateness_ms: int = 30_000
-    """How long after its end a window waits for late samples (in sample time). 30 s covers
-    Prometheus' default 5 s batch deadline plus several retries."""
+    lateness_ms: int = 5_000
+    """How far behind the newest sample time an older sample may still arrive and count in its
+    window: a window is emitted once a sample this much newer than its end has arrived. 5 s is
+    Prometheus' default batch_send_deadline, the spread of arrival times between a sender's
+    shards; later counter increases are carried into the next window, never lost."""
     stale_after_ms: int = 300_000
     """An input series not seen for this long has ended (Prometheus' lookback delta, 5 m)."""
     retention_ms: int = 3_600_000
