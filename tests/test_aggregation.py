@@ -175,6 +175,37 @@ CASES = [
         Case(
             [
                 'order_total{pod="a",service="s"} 10 @1000',
+                'order_total{pod="a",service="s"} +Inf @16000',
+                'order_total{pod="a",service="s"} 12 @31000',
+                'order_total{pod="a",service="s"} -Inf @46000',
+                'order_total{pod="a",service="s"} 13 @47000',
+                Flush(
+                    47000,
+                    out("order_total", "10 @15000", "12 @45000", "13 @60000"),
+                    final=True,
+                ),
+            ],
+            dropped={"infinite_counter": 2},
+        ),
+        id="an infinite counter sample is left out: no window after it is poisoned or reset",
+    ),
+    pytest.param(
+        Case(
+            [
+                'temperature{pod="a",service="s"} 10 @1000',
+                'temperature{pod="a",service="s"} +Inf @16000',
+                'temperature{pod="a",service="s"} 12 @31000',
+                Flush(
+                    31000, out("temperature", "10 @15000", "+Inf @30000", "12 @45000"), final=True
+                ),
+            ]
+        ),
+        id="a gauge keeps an infinite value in its window only",
+    ),
+    pytest.param(
+        Case(
+            [
+                'order_total{pod="a",service="s"} 10 @1000',
                 Flush(1000, out("order_total", "10 @15000"), final=True),
             ]
         ),

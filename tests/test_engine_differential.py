@@ -12,6 +12,7 @@ bits) and the exported state must be identical.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,9 @@ class Reload:
 Step = Push | Flush | Table | Restart | Reload
 
 values = st.one_of(
-    st.sampled_from([0.0, 1.0, 2.0, 5.0, 10.0, 0.5, -1.0, STALE_NAN, float("nan"), 1e300]),
+    st.sampled_from(
+        [0.0, 1.0, 2.0, 5.0, 10.0, 0.5, -1.0, STALE_NAN, float("nan"), 1e300, math.inf, -math.inf]
+    ),
     st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
     st.integers(min_value=0, max_value=1000).map(float),
 )

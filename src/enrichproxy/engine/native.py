@@ -51,6 +51,7 @@ from enrichproxy.engine.pipeline import (
     DROP_CARDINALITY_LIMIT,
     DROP_FUTURE,
     DROP_IN_NO_VIEW,
+    DROP_INFINITE_COUNTER,
     DROP_METADATA_MISSING,
     DROP_NAN,
     DROP_NATIVE_HISTOGRAM,
@@ -88,6 +89,7 @@ DROP_REASONS = (
     DROP_NATIVE_HISTOGRAM,
     Skip.UNSUMMABLE.value,
     DROP_CARDINALITY_LIMIT,
+    DROP_INFINITE_COUNTER,
 )
 _REASON_NUMBER = {reason: number for number, reason in enumerate(DROP_REASONS)}
 NO_DEPENDENCY = -1

@@ -66,7 +66,11 @@ DROP_METADATA_MISSING = "metadata_missing"
 DROP_NO_METRIC_NAME = "no_metric_name"
 DROP_IN_NO_VIEW = "in_no_view"
 DROP_FUTURE = "too_far_in_future"
+INFINITY = float("inf")
 DROP_NAN = "nan_value"
+# A counter cannot be infinite: one +Inf would make every later window of its view +Inf (the
+# reset offset would absorb it), and -Inf would read as a reset. Such samples are left out.
+DROP_INFINITE_COUNTER = "infinite_counter"
 DROP_NATIVE_HISTOGRAM = "native_histogram"
 # Also a per-view reason (enrichproxy_view_samples_dropped_total): a view's max_series refused
 # the new output series this input would have made.
@@ -243,10 +247,14 @@ class Pipeline:
             if not inputs:
                 dropped[plan.drop_reason] += len(raw_samples)
                 continue
+            counter = inputs[0].is_counter
             for timestamp_ms, value in raw_samples:
                 if timestamp_ms > future_limit:
                     dropped[DROP_FUTURE] += 1
                 elif value == value:
+                    if counter and abs(value) == INFINITY:
+                        dropped[DROP_INFINITE_COUNTER] += 1
+                        continue
                     for series in inputs:
                         series.observe(timestamp_ms, value)
                 elif is_stale_marker(value):

@@ -14,6 +14,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
+
 #include "aggregate.h"
 #include "keys.h"
 #include "plan.h"
@@ -23,7 +25,7 @@
 #define NO_PLAN (-1)
 
 /* Drop reasons, numbered as enrichproxy.engine.native.DROP_REASONS lists them. */
-enum { DROP_FUTURE = 3, DROP_NAN = 4, DROP_REASONS = 8 };
+enum { DROP_FUTURE = 3, DROP_NAN = 4, DROP_INFINITE_COUNTER = 8, DROP_REASONS = 9 };
 
 typedef struct {
     int32_t *slots;
@@ -649,12 +651,21 @@ static void apply_series(Core *core, const Batch *batch, size_t start, size_t st
         }
         const int32_t *inputs = &core->entry_inputs[(size_t)ref->entry * nviews];
         const Sample *sample = &batch->samples[ref->first_sample];
+        /* The reference asks its first input (the lowest view fed) whether it is a counter. */
+        int first = 0;
+        while (!(feeds >> first & 1)) first++;
+        int counter = core->views[first]->inputs[inputs[first]].flags & INPUT_COUNTER;
         for (uint32_t k = 0; k < ref->samples; k++, sample++) {
             double value = sample->value;
             if (sample->timestamp_ms > future_limit) {
                 tally->dropped[DROP_FUTURE]++;
                 tally->dropped_seen |= 1u << DROP_FUTURE;
             } else if (value == value) {
+                if (counter && (value == INFINITY || value == -INFINITY)) {
+                    tally->dropped[DROP_INFINITE_COUNTER]++;
+                    tally->dropped_seen |= 1u << DROP_INFINITE_COUNTER;
+                    continue;
+                }
                 for (int v = 0; v < nviews; v++)
                     if (feeds >> v & 1) view_observe(core->views[v], inputs[v], sample->timestamp_ms, value);
             } else if (ep_bits(value) == EP_STALE_BITS) {
