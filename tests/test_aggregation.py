@@ -174,6 +174,27 @@ CASES = [
     pytest.param(
         Case(
             [
+                'order_total{pod="a",service="s"} 1 @1000',
+                # A sender whose clock is 9 minutes ahead (inside the 10-minute cutoff).
+                Push('order_total{pod="b",service="s"} 5 @541000', at=16000),
+                Flush(16000),  # closes nothing: the proxy's clock says 16 s
+                Push('order_total{pod="a",service="s"} 2 @16000', at=16000),
+                Push('order_total{pod="a",service="s"} 3 @31000', at=31000),
+                Push('order_total{pod="a",service="s"} 4 @46000', at=46000),
+                Flush(46000, out("order_total", "1 @15000")),
+                Flush(
+                    46000,
+                    out("order_total", "2 @30000", "3 @45000", "4 @60000", "9 @555000"),
+                    final=True,
+                ),
+            ],
+            late=0,
+        ),
+        id="a sample from a clock ahead cannot close the windows of the others",
+    ),
+    pytest.param(
+        Case(
+            [
                 'order_total{pod="a",service="s"} 10 @1000',
                 'order_total{pod="a",service="s"} +Inf @16000',
                 'order_total{pod="a",service="s"} 12 @31000',

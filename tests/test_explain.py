@@ -478,8 +478,9 @@ def emitted(flow: EngineUnderTest) -> list[list[str]]:
 
 def test_the_json_form_has_only_json_values() -> None:
     flow = make_pipeline()
-    feed(flow, f'order_total{{pod="checkout-a",endpoint="/orders"}} +Inf @{T0}')
-    data = why(flow, 'order_total{pod="checkout-a",endpoint="/orders"}').to_dict()
+    # A gauge keeps an infinite value (a counter's is left out: infinite_counter).
+    feed(flow, f'order_queue_depth{{pod="checkout-a",endpoint="/orders"}} +Inf @{T0}')
+    data = why(flow, 'order_queue_depth{pod="checkout-a",endpoint="/orders"}').to_dict()
     json.dumps(data, allow_nan=False)
     assert data["views"][0]["group"]["value"] == "+Inf"
     assert data["views"][0]["series_contribution"] == "+Inf"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from enrichproxy.model import STALE_NAN, Labels, OutputSample
 
+_NO_LIMIT = 2**63 - 1
 _NEVER = -(1 << 63)
 # Looking for inputs that ended or can be forgotten visits every input: do it this often (wall
 # time) rather than at every flush. It only delays an end by up to this much.
@@ -122,7 +123,9 @@ class InputSeries:
             return Observed.OUT_OF_ORDER
         self.last_seen_ms = timestamp_ms
         if timestamp_ms > agg.max_timestamp_ms:
-            agg.max_timestamp_ms = timestamp_ms
+            agg.max_timestamp_ms = max(
+                agg.max_timestamp_ms, min(timestamp_ms, agg.watermark_limit_ms)
+            )
         if self.predecessor is not None:
             self._hand_over(window)
         last = self.last_value
@@ -167,7 +170,9 @@ class InputSeries:
             return Observed.OUT_OF_ORDER
         self.last_seen_ms = timestamp_ms
         if timestamp_ms > agg.max_timestamp_ms:
-            agg.max_timestamp_ms = timestamp_ms
+            agg.max_timestamp_ms = max(
+                agg.max_timestamp_ms, min(timestamp_ms, agg.watermark_limit_ms)
+            )
         if self.predecessor is not None:
             self._hand_over(window)
         self.live = False
@@ -274,6 +279,11 @@ class ViewAggregator:
         self.closed_window = _NEVER
         """Every window up to this one has been emitted."""
         self.max_timestamp_ms = _NEVER
+        """The watermark: the newest sample time accepted, but never past ``watermark_limit_ms``."""
+        self.watermark_limit_ms = _NO_LIMIT
+        """Set by the engine per request to the proxy's clock: a sample from a sender whose clock
+        runs ahead is aggregated in its own window, but cannot close the windows of the others
+        before the proxy's clock has passed them."""
         self._watermark_seen_ms = _NEVER
         self._watermark_moved_at_ms = 0
         self._swept_at_ms = _NEVER

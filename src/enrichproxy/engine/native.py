@@ -290,6 +290,7 @@ class NativeEngine:
                     yield
             while True:
                 stop = min(count, start + APPLY_SERIES_PER_STEP)
+                core.set_watermark_limit(now_ms)  # per slice: other requests set their own
                 applied = core.apply(request, future_limit, start, stop)
                 if applied is None:
                     break  # plans were forgotten since: plan the rest again

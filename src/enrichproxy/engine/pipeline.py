@@ -149,6 +149,9 @@ class Pipeline:
         plan = self._plans.pop(label_bytes, None)
         if plan is None:
             return
+        # Planned again, it may fit now: only plans cached as capped are worked out again when
+        # a view has room (as the native engine keeps it, by the plan's kind).
+        self._capped.discard(label_bytes)
         dependents = self._dependents
         for dependency in plan.dependencies:
             users = dependents.get(dependency)
@@ -164,7 +167,7 @@ class Pipeline:
 
     def _forget_capped_plans(self) -> None:
         """Work the series some view's cap left out again: that view has room now."""
-        for label_bytes in self._capped:
+        for label_bytes in list(self._capped):
             self._forget_plan(label_bytes)
         self._capped.clear()
 
@@ -227,6 +230,8 @@ class Pipeline:
             resolved.append(plan)
         aggregators = [view.aggregator for view in self.views]
         before = [(a.late_samples, a.out_of_order_samples) for a in aggregators]
+        for aggregator in aggregators:
+            aggregator.watermark_limit_ms = now_ms
         rules = self.planner.rules
         lookups = [0] * (3 * len(rules))
         dropped = result.dropped

@@ -19,6 +19,7 @@ View *view_new(int64_t interval_ms, int64_t lateness_ms, int64_t stale_after_ms,
     view->free_group = NO_ID;
     view->closed_window = EP_NEVER;
     view->max_timestamp_ms = EP_NEVER;
+    view->watermark_limit_ms = INT64_MAX;
     view->watermark_seen_ms = EP_NEVER;
     view->watermark_moved_at_ms = 0;
     view->swept_at_ms = EP_NEVER;
@@ -398,7 +399,12 @@ static inline int admit(View *view, int32_t id, int64_t timestamp_ms, int64_t *w
         return 0;
     }
     input->last_seen_ms = timestamp_ms;
-    if (timestamp_ms > view->max_timestamp_ms) view->max_timestamp_ms = timestamp_ms;
+    if (timestamp_ms > view->max_timestamp_ms) {
+        /* The reference's max(watermark, min(time, limit)). */
+        int64_t capped = timestamp_ms < view->watermark_limit_ms ? timestamp_ms
+                                                                  : view->watermark_limit_ms;
+        if (capped > view->max_timestamp_ms) view->max_timestamp_ms = capped;
+    }
     if (input->predecessor != NO_ID) hand_over(view, id, window);
     *window_out = window;
     return 1;

@@ -107,6 +107,7 @@ typedef struct {
     size_t nwindows, windows_cap;
 
     int64_t closed_window, max_timestamp_ms;
+    int64_t watermark_limit_ms; /* the watermark never passes it: the proxy's clock */
     int64_t watermark_seen_ms, watermark_moved_at_ms, swept_at_ms;
     int64_t late_samples, out_of_order_samples, forgotten_inputs, forgotten_groups;
 } View;

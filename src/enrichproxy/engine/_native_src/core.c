@@ -1184,6 +1184,16 @@ static PyObject *Core_flush(Core *core, PyObject *args) {
 
 /* (groups, inputs, open windows, max_timestamp_ms, closed_window, late, out_of_order,
  *  forgotten_inputs, forgotten_groups) */
+/* set_watermark_limit(now_ms): no view's watermark passes the proxy's clock (see
+ * aggregation.ViewAggregator.watermark_limit_ms). */
+static PyObject *Core_set_watermark_limit(Core *core, PyObject *args) {
+    long long limit;
+    if (!PyArg_ParseTuple(args, "L", &limit)) return NULL;
+    if (check_idle(core) < 0) return NULL;
+    for (int v = 0; v < core->nviews; v++) core->views[v]->watermark_limit_ms = limit;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Core_view_stats(Core *core, PyObject *args) {
     int view;
     if (!PyArg_ParseTuple(args, "i", &view)) return NULL;
@@ -1588,6 +1598,7 @@ static PyMethodDef Core_methods[] = {
     {"plan", (PyCFunction)Core_plan, METH_VARARGS, NULL},
     {"flush", (PyCFunction)Core_flush, METH_VARARGS, NULL},
     {"view_stats", (PyCFunction)Core_view_stats, METH_VARARGS, NULL},
+    {"set_watermark_limit", (PyCFunction)Core_set_watermark_limit, METH_VARARGS, NULL},
     {"mark_emitted_through", (PyCFunction)Core_mark_emitted_through, METH_VARARGS, NULL},
     {"export_view", (PyCFunction)Core_export_view, METH_VARARGS, NULL},
     {"restore_view", (PyCFunction)Core_restore_view, METH_VARARGS, NULL},
