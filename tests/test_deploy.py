@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -205,6 +206,18 @@ def python_snippet(argv: list[str]) -> str:
     return argv[2]
 
 
+def health_command(service: Mapping[str, Any]) -> list[str]:
+    """The argv of a compose service's ``CMD-SHELL`` health check, as the shell splits it."""
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and len(test) == 2, f"not a CMD-SHELL health check: {test}"
+    return shlex.split(test[1])
+
+
+def published(variable: str, default: int, container_port: int) -> str:
+    """A port compose.yaml publishes on 127.0.0.1, movable with ``variable``."""
+    return f"127.0.0.1:${{{variable}:-{default}}}:{container_port}"
+
+
 def telemetry_families() -> dict[str, tuple[str, frozenset[str]]]:
     """Every sample name enrichproxy exports → (family name, its label names).
 
@@ -371,6 +384,10 @@ def test_compose_services_are_pinned_healthy_and_wait_for_each_other() -> None:
         assert "/" not in tag and repository, f"{name}: image {image} has no tag"
         assert tag != "latest", f"{name}: pin the image, not {image}"
         assert service.get("healthcheck", {}).get("test"), f"{name}: no health check"
+        # Podman's Docker API splits list-form arguments at spaces; podman-compose mis-quotes.
+        assert service["healthcheck"]["test"][0] == "CMD-SHELL", f"{name}: use CMD-SHELL"
+        for mapping in service.get("ports", []):
+            assert str(mapping).startswith("127.0.0.1:"), f"{name}: {mapping} not on loopback"
         assert "start_interval" not in service["healthcheck"], "not in the Compose 1.29 schema"
         for dependency, condition in service.get("depends_on", {}).items():
             assert condition == {"condition": "service_healthy"}, f"{name} → {dependency}"
@@ -391,9 +408,13 @@ def test_compose_services_find_each_other() -> None:
     config = parse_config(load_yaml(config_path))
     assert config.listen_host_port == ("0.0.0.0", LISTEN_PORT)
     assert config.metadata.mongodb_uri.startswith("mongodb://mongodb:27017/")
+    # Change streams need a replica set; its one member names itself localhost (the seed
+    # script), so the proxy connects directly.
+    assert "--replSet" in services["mongodb"]["command"]
+    assert "directConnection=true" in config.metadata.mongodb_uri
     assert [d.url for d in config.remote_write] == ["http://prometheus-sink:9090/api/v1/write"]
-    assert f"127.0.0.1:{LISTEN_PORT}:{LISTEN_PORT}" in proxy["ports"]
-    assert f":{LISTEN_PORT}/-/healthy" in python_snippet(proxy["healthcheck"]["test"][1:])
+    assert proxy["ports"] == [published("ENRICHPROXY_PORT", LISTEN_PORT, LISTEN_PORT)]
+    assert f":{LISTEN_PORT}/-/healthy" in python_snippet(health_command(proxy))
 
     demo = services["demo-app"]
     command = demo["command"]
@@ -401,7 +422,7 @@ def test_compose_services_find_each_other() -> None:
     assert command[command.index("--exporter-port") + 1] == str(DEMO_APP_PORT)
     pods_from = command[command.index("--pods-from") + 1]
     assert mount_source(bind_mounts(demo), pods_from) == METADATA_YAML
-    assert f":{DEMO_APP_PORT}/metrics" in python_snippet(demo["healthcheck"]["test"][1:])
+    assert f":{DEMO_APP_PORT}/metrics" in python_snippet(health_command(demo))
 
     configs = {}
     for name in ("prometheus-source", "prometheus-sink"):
@@ -668,9 +689,9 @@ def test_containerfile_healthcheck_follows_the_listen_port() -> None:
 def test_every_python_health_check_compiles() -> None:
     snippets = {"Containerfile": python_snippet(healthcheck_argv())}
     for name, service in compose()["services"].items():
-        test = service["healthcheck"]["test"]
-        if test[:3] == ["CMD", "python", "-c"]:
-            snippets[f"compose {name}"] = python_snippet(test[1:])
+        command = health_command(service)
+        if command[:2] == ["python", "-c"]:
+            snippets[f"compose {name}"] = python_snippet(command)
     for document in yaml.safe_load_all(KUBERNETES_FILE.read_text(encoding="utf-8")):
         for node in walk_json(document):
             if isinstance(node, dict) and "exec" in node and "command" in node["exec"]:
