@@ -575,6 +575,17 @@ static int series_planned(const Core *core, const SeriesRef *ref) {
     return ref->entry != NO_ID && core->entries[ref->entry].kind != NO_PLAN;
 }
 
+/* Find the series start..stop of the request in the table (the request's own resolved flag is
+ * left as it is). */
+static void resolve_range(Core *core, Request *request, size_t start, size_t stop) {
+    const uint8_t *buf = (const uint8_t *)request->view.buf;
+    for (size_t i = start; i < stop; i++) {
+        SeriesRef *ref = &request->batch.series[i];
+        ref->entry = table_find(core, series_labels(&request->batch, buf, ref), ref->labels_len,
+                                ref->hash);
+    }
+}
+
 /* Find every series of the request in the table; the number without a plan. */
 static size_t resolve(Core *core, Request *request) {
     const uint8_t *buf = (const uint8_t *)request->view.buf;
@@ -710,10 +721,12 @@ static PyObject *Core_apply(Core *core, PyObject *args) {
     if (start < 0) start = 0;
     if ((size_t)stop > nseries) stop = (Py_ssize_t)nseries;
     if (start > stop) start = stop;
-    if (!request->resolved || request->epoch != core->epoch) resolve(core, request);
+    /* Only this slice is looked up again: the rest of a large request waits for its own. */
+    int fresh = request->resolved && request->epoch == core->epoch;
+    if (!fresh) resolve_range(core, request, (size_t)start, (size_t)stop);
     for (Py_ssize_t i = start; i < stop; i++) {
         if (!series_planned(core, &request->batch.series[i])) {
-            resolve(core, request);
+            if (fresh) resolve_range(core, request, (size_t)start, (size_t)stop);
             for (Py_ssize_t k = start; k < stop; k++)
                 if (!series_planned(core, &request->batch.series[k])) Py_RETURN_NONE;
             break;
@@ -929,17 +942,24 @@ static PyObject *Core_add_template(Core *core, PyObject *args) {
 /* The asking pass, from request->ask_from over at most ``budget`` unplanned series: each one's
  * template, asking for those not ready (once per pass: their indexes go to request->asked).
  * 0 when the pass is done, 1 when the budget ran out first, -2 out of memory. */
+#define ASK_COST 8
+
 static int ask_templates(Core *core, Request *request, size_t budget) {
     Templates *t = &core->templates;
-    const Batch *batch = &request->batch;
+    Batch *batch = &request->batch;
     const uint8_t *buf = (const uint8_t *)request->view.buf;
     uint32_t stamp = t->stamp;
     size_t i = request->ask_from;
+    /* Finding a series in the table is one unit of work, working out its template eight. */
+    size_t work = budget * ASK_COST;
     for (; i < batch->nseries; i++) {
-        const SeriesRef *ref = &batch->series[i];
+        if (work < ASK_COST) break;
+        SeriesRef *ref = &batch->series[i];
         request->template_of[i] = NO_TEMPLATE;
+        ref->entry = table_find(core, series_labels(batch, buf, ref), ref->labels_len, ref->hash);
+        work--;
         if (series_planned(core, ref)) continue;
-        if (!budget--) break;
+        work -= ASK_COST - 1;
         int status = series_shape(t, series_labels(batch, buf, ref), ref->labels_len);
         if (status == -2) return -2;
         if (status < 0) {
@@ -1070,7 +1090,9 @@ static PyObject *Core_plan(Core *core, PyObject *args) {
             request->asked = malloc((nseries ? nseries : 1) * sizeof(size_t));
             if (request->template_of == NULL || request->asked == NULL) return PyErr_NoMemory();
         }
-        resolve(core, request);
+        /* The asking pass finds every series in the table, a budget at a time: a request of a
+         * million series is never looked up in one go. */
+        request->resolved = 0;
         request->plan_phase = PHASE_ASK;
         request->ask_from = request->nasked = 0;
         request->plan_from = 0;
@@ -1087,6 +1109,8 @@ static PyObject *Core_plan(Core *core, PyObject *args) {
         core->busy = 0;
         if (status == -2) return PyErr_NoMemory();
         if (status == 1) return Py_BuildValue("(iO)", GO_ON, Py_None);
+        request->resolved = 1;
+        request->epoch = request->plan_epoch;
         request->plan_phase = PHASE_INSTANTIATE;
         if (request->nasked) {
             Py_ssize_t n = (Py_ssize_t)request->nasked;
