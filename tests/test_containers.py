@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import yaml
 from containers import (
     IMAGE,
     CannotRunContainersError,
@@ -251,7 +252,10 @@ def test_compose_stack_enriches_aggregates_and_follows_mongodb(stack: ComposePro
         labels = item["metric"]
         assert "pod" not in labels and {"service", "tier"} <= set(labels), labels
     operational = query(sink, 'order_create_failed_total{view="operational"}')
-    assert {str(item["metric"]["service"]) for item in operational} >= {"checkout", "payment"}
+    assert {str(item["metric"]["service"]) for item in operational} >= {
+        table_service("checkout-6c8f9"),
+        table_service("payment-5b4c3"),
+    }
 
     # The proxy's alerts are loaded in the sink, and it scrapes the proxy.
     status, body = http_get(f"http://127.0.0.1:{sink}/api/v1/rules")
@@ -305,8 +309,20 @@ def test_compose_stack_enriches_aggregates_and_follows_mongodb(stack: ComposePro
     )
     print(f"metadata change applied in {time.monotonic() - changed:.2f} s")
     wait_until(
-        lambda: bool(query(sink, f'{{view="business",service="payment",tier="{tier}"}}')),
+        lambda: bool(
+            query(
+                sink,
+                f'{{view="business",service="{table_service("payment-5b4c3")}",tier="{tier}"}}',
+            )
+        ),
         SINK_TIMEOUT_S,
         f"business series with tier {tier} in prometheus-sink",
         explain=stack.report,
     )
+
+
+def table_service(pod: str) -> str:
+    """The service conf/metadata.yaml (the stack's seeded table) gives ``pod``."""
+    rows: list[dict[str, str]] = yaml.safe_load(METADATA_YAML.read_text())
+    [service] = [row["service"] for row in rows if row["pod"] == pod]
+    return service
