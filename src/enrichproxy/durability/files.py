@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content.
+def write_atomically(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content; with
+    ``keep_previous``, the file replaced is renamed there first.
 
     On failure the temporary file is removed, so a full disk is not filled further by
     half-written copies that every retry would leave behind.
@@ -21,6 +22,8 @@ def write_atomically(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(temporary, path)
     except OSError:
         with contextlib.suppress(OSError):

@@ -23,7 +23,6 @@ sample carries the whole increase, into the next window.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import zlib
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enrichproxy.durability.files import move_aside, mtime_text
+from enrichproxy.durability.files import move_aside, mtime_text, write_atomically
 from enrichproxy.durability.health import Damage, DurabilityHealth
 
 FORMAT_VERSION = 2
@@ -67,19 +66,7 @@ def _write_synced(path: Path, data: bytes, keep_previous: Path | None = None) ->
     """Replace ``path`` atomically (fsync, then rename, then fsync the folder); with
     ``keep_previous``, the file replaced is renamed there first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
+    write_atomically(path, data, keep_previous)
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)

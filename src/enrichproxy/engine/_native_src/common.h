@@ -53,6 +53,25 @@ static inline double ep_stale_nan(void) {
     return v;
 }
 
+/* Encoded size of a protobuf varint, and writing one at p (returns the end). */
+static inline size_t ep_varint_size(uint64_t value) {
+    size_t n = 1;
+    while (value >= 0x80) {
+        value >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static inline uint8_t *ep_put_varint(uint8_t *p, uint64_t value) {
+    while (value >= 0x80) {
+        *p++ = (uint8_t)(value | 0x80);
+        value >>= 7;
+    }
+    *p++ = (uint8_t)value;
+    return p;
+}
+
 /* Grow *ptr (holding *cap items of size item) to hold at least need items; 0 on success. */
 int ep_grow(void **ptr, size_t *cap, size_t need, size_t item);
 

@@ -443,14 +443,6 @@ static PyObject *Core_set_plan(Core *core, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Core_has_plan(Core *core, PyObject *arg) {
-    char *key;
-    Py_ssize_t len;
-    if (PyBytes_AsStringAndSize(arg, &key, &len) < 0) return NULL;
-    int32_t entry = entry_for(core, key, len, 0);
-    return PyBool_FromLong(entry >= 0 && core->entries[entry].kind != NO_PLAN);
-}
-
 static PyObject *Core_received(Core *core, PyObject *arg) {
     char *key;
     Py_ssize_t len;
@@ -584,46 +576,6 @@ static void resolve_range(Core *core, Request *request, size_t start, size_t sto
         ref->entry = table_find(core, series_labels(&request->batch, buf, ref), ref->labels_len,
                                 ref->hash);
     }
-}
-
-/* Find every series of the request in the table; the number without a plan. */
-static size_t resolve(Core *core, Request *request) {
-    const uint8_t *buf = (const uint8_t *)request->view.buf;
-    size_t unplanned = 0;
-    for (size_t i = 0; i < request->batch.nseries; i++) {
-        SeriesRef *ref = &request->batch.series[i];
-        ref->entry = table_find(core, series_labels(&request->batch, buf, ref), ref->labels_len,
-                                ref->hash);
-        if (ref->entry == NO_ID || core->entries[ref->entry].kind == NO_PLAN) unplanned++;
-    }
-    request->epoch = core->epoch;
-    request->resolved = 1;
-    return unplanned;
-}
-
-static PyObject *Core_misses(Core *core, PyObject *arg) {
-    if (!PyObject_TypeCheck(arg, &RequestType)) {
-        PyErr_SetString(PyExc_TypeError, "misses takes a request from scan");
-        return NULL;
-    }
-    Request *request = (Request *)arg;
-    resolve(core, request);
-    PyObject *misses = PyList_New(0);
-    if (misses == NULL) return NULL;
-    const uint8_t *buf = (const uint8_t *)request->view.buf;
-    for (size_t i = 0; i < request->batch.nseries; i++) {
-        SeriesRef *ref = &request->batch.series[i];
-        if (ref->entry != NO_ID && core->entries[ref->entry].kind != NO_PLAN) continue;
-        PyObject *key = PyBytes_FromStringAndSize(
-            (const char *)series_labels(&request->batch, buf, ref), ref->labels_len);
-        if (key == NULL || PyList_Append(misses, key) < 0) {
-            Py_XDECREF(key);
-            Py_DECREF(misses);
-            return NULL;
-        }
-        Py_DECREF(key);
-    }
-    return misses;
 }
 
 typedef struct {
@@ -1608,13 +1560,11 @@ static PyMethodDef Core_methods[] = {
     {"attach", (PyCFunction)Core_attach, METH_VARARGS, NULL},
     {"admits", (PyCFunction)Core_admits, METH_VARARGS, NULL},
     {"set_plan", (PyCFunction)Core_set_plan, METH_VARARGS, NULL},
-    {"has_plan", (PyCFunction)Core_has_plan, METH_O, NULL},
     {"received", (PyCFunction)Core_received, METH_O, NULL},
     {"forget_plans", (PyCFunction)Core_forget_plans, METH_NOARGS, NULL},
     {"forget_plans_with", (PyCFunction)Core_forget_plans_with, METH_VARARGS, NULL},
     {"forget_capped", (PyCFunction)Core_forget_capped, METH_NOARGS, NULL},
     {"scan", (PyCFunction)Core_scan, METH_O, NULL},
-    {"misses", (PyCFunction)Core_misses, METH_O, NULL},
     {"apply", (PyCFunction)Core_apply, METH_VARARGS, NULL},
     {"configure_templates", (PyCFunction)Core_configure_templates, METH_VARARGS, NULL},
     {"add_template", (PyCFunction)Core_add_template, METH_VARARGS, NULL},
@@ -1829,28 +1779,10 @@ done:
     return result;
 }
 
-static size_t encoded_varint_size(uint64_t value) {
-    size_t n = 1;
-    while (value >= 0x80) {
-        value >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *encode_varint_at(uint8_t *p, uint64_t value) {
-    while (value >= 0x80) {
-        *p++ = (uint8_t)(value | 0x80);
-        value >>= 7;
-    }
-    *p++ = (uint8_t)value;
-    return p;
-}
-
 /* The size of one Sample field (tag, length, message) for a timestamp. */
 static size_t sample_field_size(uint64_t timestamp) {
-    size_t message = 1 + 8 + 1 + encoded_varint_size(timestamp);
-    return 1 + encoded_varint_size(message) + message;
+    size_t message = 1 + 8 + 1 + ep_varint_size(timestamp);
+    return 1 + ep_varint_size(message) + message;
 }
 
 typedef struct {
@@ -1924,24 +1856,24 @@ static PyObject *module_encode_samples(PyObject *Py_UNUSED(module), PyObject *ar
     }
     size_t total = 0;
     for (size_t k = 0; k < nseries; k++)
-        total += 1 + encoded_varint_size(series[k].body) + series[k].body;
+        total += 1 + ep_varint_size(series[k].body) + series[k].body;
     result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (result == NULL) goto done;
     uint8_t *p = (uint8_t *)PyBytes_AS_STRING(result);
     for (size_t k = 0; k < nseries; k++) {
         const OutSeries *one = &series[k];
         *p++ = 0x0A;
-        p = encode_varint_at(p, one->body);
+        p = ep_put_varint(p, one->body);
         memcpy(p, one->labels, (size_t)one->labels_len);
         p += one->labels_len;
         for (int32_t i = one->first; i >= 0; i = next[i]) {
             *p++ = 0x12;
-            p = encode_varint_at(p, 1 + 8 + 1 + encoded_varint_size(stamps[i]));
+            p = ep_put_varint(p, 1 + 8 + 1 + ep_varint_size(stamps[i]));
             *p++ = 0x09;
             memcpy(p, &values[i], 8); /* little-endian, as struct "<d" packs it */
             p += 8;
             *p++ = 0x10;
-            p = encode_varint_at(p, stamps[i]);
+            p = ep_put_varint(p, stamps[i]);
         }
     }
 done:

@@ -196,52 +196,29 @@ static int parse_pairs(const uint8_t *buf, size_t len, LabelPair **pairs, size_t
     return 0;
 }
 
-static size_t varint_size(uint64_t value);
-
 int labels_parse_plain(const uint8_t *buf, size_t len, LabelPair **pairs, size_t *cap,
                        size_t *count) {
     return parse_pairs(buf, len, pairs, cap, count);
 }
 
 size_t label_encoded_size(uint32_t name_len, uint32_t value_len) {
-    size_t inner = 2 + varint_size(name_len) + name_len + varint_size(value_len) + value_len;
-    return 1 + varint_size(inner) + inner;
+    size_t inner = 2 + ep_varint_size(name_len) + name_len + ep_varint_size(value_len) + value_len;
+    return 1 + ep_varint_size(inner) + inner;
 }
-
-static void put_varint(uint8_t **out, uint64_t value);
 
 uint8_t *label_encode(uint8_t *p, const uint8_t *name, uint32_t name_len, const uint8_t *value,
                       uint32_t value_len) {
-    size_t inner = 2 + varint_size(name_len) + name_len + varint_size(value_len) + value_len;
+    size_t inner = 2 + ep_varint_size(name_len) + name_len + ep_varint_size(value_len) + value_len;
     *p++ = TAG_LABEL;
-    put_varint(&p, inner);
+    p = ep_put_varint(p, inner);
     *p++ = TAG_NAME;
-    put_varint(&p, name_len);
+    p = ep_put_varint(p, name_len);
     memcpy(p, name, name_len);
     p += name_len;
     *p++ = TAG_VALUE;
-    put_varint(&p, value_len);
+    p = ep_put_varint(p, value_len);
     memcpy(p, value, value_len);
     return p + value_len;
-}
-
-static void put_varint(uint8_t **out, uint64_t value) {
-    uint8_t *p = *out;
-    while (value >= 0x80) {
-        *p++ = (uint8_t)(value | 0x80);
-        value >>= 7;
-    }
-    *p++ = (uint8_t)value;
-    *out = p;
-}
-
-static size_t varint_size(uint64_t value) {
-    size_t n = 1;
-    while (value >= 0x80) {
-        value >>= 7;
-        n++;
-    }
-    return n;
 }
 
 int series_shape(Templates *t, const uint8_t *labels, size_t len) {
@@ -290,7 +267,7 @@ int series_shape(Templates *t, const uint8_t *labels, size_t len) {
         }
         const LabelPair *pair = &t->pairs[t->found[j]];
         *p++ = 1;
-        put_varint(&p, pair->value_len);
+        p = ep_put_varint(p, pair->value_len);
         memcpy(p, pair->value, pair->value_len);
         p += pair->value_len;
     }
