@@ -24,6 +24,8 @@ from inprocess import (
 from realparts import MongoServer
 from sinks import RecordingSink
 
+from enrichproxy.engine.interface import FlushSteps, IngestSteps
+from enrichproxy.engine.native import NativeEngine
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
 
 PODS = 50
@@ -89,3 +91,81 @@ async def test_small_writes_are_answered_while_a_huge_one_is_applied(
     await client.close()  # shutdown emits the open windows
     totals = {dict(labels)["service"]: value for labels, _, value in sink.accepted_samples()}
     assert totals == {"big": PODS * ENDPOINTS * 1.0, "small": 5.0}
+
+
+@pytest.mark.skipif(engine_kind() == "python", reason="the reference engine flushes in one step")
+async def test_small_writes_are_applied_between_the_steps_of_a_large_flush(
+    mongo: MongoServer,
+    mongo_db_name: str,
+    sink: RecordingSink,
+    clients: list[TestClient[Any, Any]],
+) -> None:
+    """Closing the window of 200,000 series gives the engine to the writes between steps."""
+    await seed(
+        mongo.uri,
+        mongo_db_name,
+        [{"pod": f"p{p}", "service": "big"} for p in range(PODS)]
+        + [{"pod": "a", "service": "small"}],
+    )
+    config = config_for(
+        mongo.uri,
+        mongo_db_name,
+        sink.url,
+        max_decoded_bytes="1GiB",
+        views=[{"name": "ops", "keep": ["service", "endpoint"]}],  # 4,001 output series
+    )
+    client = await start_app(config, clients)
+    await wait_until(lambda: is_ready(client))
+    proxy = proxy_of(client)
+    engine = proxy.engine
+    assert isinstance(engine, NativeEngine)
+    engine.flush_step_inputs = 64  # many steps: a write in flight surely lands between two
+    events: list[tuple[str, int]] = []
+    flush_steps, ingest_steps = engine.flush_steps, engine.ingest_steps
+
+    def recorded_flush(now_ms: int, final: bool = False) -> FlushSteps:
+        steps = flush_steps(now_ms, final)
+        events.append(("flush-begin", 0))
+        outputs = yield from steps
+        events.append(("flush-end", sum(len(output.samples) for output in outputs)))
+        return outputs
+
+    def recorded_ingest(prepared: object, now_ms: int) -> IngestSteps:
+        result = yield from ingest_steps(prepared, now_ms)
+        events.append(("ingest", result.samples))
+        return result
+
+    engine.flush_steps = recorded_flush  # type: ignore[method-assign]
+    engine.ingest_steps = recorded_ingest  # type: ignore[method-assign]
+    now = int(time.time() * 1000)
+    response = await client.post(
+        "/api/v1/write", data=io.BytesIO(huge_body(now - 2000)), headers=HEADERS
+    )
+    assert response.status == 204, await response.text()
+    # Small writes one after another move the watermark past the huge window; the flush that
+    # closes it runs while they keep coming.
+    big_flush_done = False
+    for value in range(1, 400):
+        small = await client.post(
+            "/api/v1/write",
+            data=write_body("a", [(int(time.time() * 1000), float(value))]),
+            headers=HEADERS,
+        )
+        assert small.status == 204
+        big_flush_done = any(kind == "flush-end" and n >= ENDPOINTS for kind, n in events)
+        if big_flush_done:
+            break
+        await asyncio.sleep(0.01)
+    assert big_flush_done, [e for e in events if e[0] != "ingest"]
+    end = next(i for i, (kind, n) in enumerate(events) if kind == "flush-end" and n >= ENDPOINTS)
+    begin = max(i for i, (kind, _) in enumerate(events[:end]) if kind == "flush-begin")
+    between = [event for event in events[begin:end] if event[0] == "ingest"]
+    assert between, f"no write was applied during the flush: {events[begin : end + 1]}"
+    await client.close()  # shutdown emits the open windows
+    big = {
+        dict(labels)["endpoint"]: sample_value
+        for labels, _, sample_value in sink.accepted_samples()
+        if dict(labels)["service"] == "big"
+    }
+    assert len(big) == ENDPOINTS
+    assert set(big.values()) == {float(PODS)}

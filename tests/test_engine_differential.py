@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enrichproxy.config.schema import Config, parse_config
-from enrichproxy.engine.interface import Engine, ViewOutput
+from enrichproxy.engine.interface import Engine, ViewOutput, run_steps
 from enrichproxy.engine.native import NativeEngine
 from enrichproxy.engine.pipeline import Pipeline as PythonEngine
-from enrichproxy.metadata.table import build_table
+from enrichproxy.metadata.table import MetadataTable, build_table
 from enrichproxy.model import STALE_NAN, MetricMetadata, MetricType
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
 
@@ -78,6 +78,16 @@ class Table:
 
 
 @dataclass(frozen=True)
+class SteppedFlush:
+    """A flush in steps (the native engine settles one input a step) with pushes and table
+    changes between its steps; the reference flushes whole, then takes them in order."""
+
+    at: int
+    final: bool
+    between: list[Push | Table]
+
+
+@dataclass(frozen=True)
 class Restart:
     pass
 
@@ -88,7 +98,7 @@ class Reload:
     max_series: int
 
 
-Step = Push | Flush | Table | Restart | Reload
+Step = Push | Flush | SteppedFlush | Table | Restart | Reload
 
 values = st.one_of(
     st.sampled_from(
@@ -104,23 +114,31 @@ series_strategy = st.tuples(
     st.sampled_from(["/x", "/y"]),
     st.lists(st.tuples(offsets, values), min_size=0, max_size=3),
 )
-steps = st.one_of(
-    st.builds(
-        Push,
-        st.lists(series_strategy, min_size=0, max_size=8),
-        st.lists(
-            st.tuples(st.sampled_from(["rpc", "temperature"]), st.sampled_from([1, 2])), max_size=1
-        ),
-        st.integers(min_value=0, max_value=25_000),
+pushes = st.builds(
+    Push,
+    st.lists(series_strategy, min_size=0, max_size=8),
+    st.lists(
+        st.tuples(st.sampled_from(["rpc", "temperature"]), st.sampled_from([1, 2])), max_size=1
     ),
+    st.integers(min_value=0, max_value=25_000),
+)
+tables = st.builds(
+    Table,
+    st.dictionaries(
+        st.sampled_from(PODS),
+        st.tuples(st.sampled_from(SERVICES), st.sampled_from(["gold", "bronze"])),
+    ),
+)
+steps = st.one_of(
+    pushes,
     st.builds(Flush, st.integers(min_value=0, max_value=30_000), st.booleans()),
     st.builds(
-        Table,
-        st.dictionaries(
-            st.sampled_from(PODS),
-            st.tuples(st.sampled_from(SERVICES), st.sampled_from(["gold", "bronze"])),
-        ),
+        SteppedFlush,
+        st.integers(min_value=0, max_value=30_000),
+        st.booleans(),
+        st.lists(pushes | tables, max_size=6),
     ),
+    tables,
     st.just(Restart()),
     st.builds(
         Reload,
@@ -185,22 +203,15 @@ class Twins:
 
     def step(self, step: Step) -> None:
         if isinstance(step, Push):
-            self.clock += step.at
-            body = body_of(step, self.clock)
-            expected = outcome(lambda: self.python.ingest(body, self.clock))
-            assert outcome(lambda: self.native.ingest(body, self.clock)) == expected
+            self.push(step)
         elif isinstance(step, Flush):
             self.clock += step.at
             expected = bits(self.python.flush(self.clock, step.final))
             assert bits(self.native.flush(self.clock, step.final)) == expected
+        elif isinstance(step, SteppedFlush):
+            self.stepped_flush(step)
         elif isinstance(step, Table):
-            self.table_version += 1
-            documents = [
-                {"pod": pod, "service": service, "tier": tier}
-                for pod, (service, tier) in step.services.items()
-            ]
-            rule = self.config.metadata.enrich_rules[0]
-            table = build_table(documents, rule, self.table_version, 0.0).table
+            table = self.table(step)
             assert self.native.set_table(table, 0) == self.python.set_table(table, 0)
         elif isinstance(step, Restart):
             saved = json.loads(state_text(self.python))
@@ -217,18 +228,57 @@ class Twins:
             self.native.mark_emitted_through(emitted)
         else:
             self.config = make_config(step.business_keep, step.max_series, self.on_missing)
-            expected = self.python.reconfigure(self.config, self.clock)
+            reference = self.python.reconfigure(self.config, self.clock)
             got = self.native.reconfigure(self.config, self.clock)
-            assert bits(got.outputs) == bits(expected.outputs)
+            assert bits(got.outputs) == bits(reference.outputs)
             assert (got.kept, got.restarted, got.removed, got.added) == (
-                expected.kept,
-                expected.restarted,
-                expected.removed,
-                expected.added,
+                reference.kept,
+                reference.restarted,
+                reference.removed,
+                reference.added,
             )
-            self.python, self.native = expected.engine, got.engine
+            self.python, self.native = reference.engine, got.engine
         assert state_text(self.native) == state_text(self.python)
         assert self.native.stats() == self.python.stats()
+
+    def push(self, step: Push) -> None:
+        self.clock += step.at
+        body = body_of(step, self.clock)
+        expected = outcome(lambda: self.python.ingest(body, self.clock))
+        assert outcome(lambda: self.native.ingest(body, self.clock)) == expected
+
+    def table(self, step: Table) -> MetadataTable:
+        self.table_version += 1
+        documents = [
+            {"pod": pod, "service": service, "tier": tier}
+            for pod, (service, tier) in step.services.items()
+        ]
+        rule = self.config.metadata.enrich_rules[0]
+        return build_table(documents, rule, self.table_version, 0.0).table
+
+    def stepped_flush(self, step: SteppedFlush) -> None:
+        """The native flush's steps alternate with the pushes and table changes."""
+        self.clock += step.at
+        expected_flush = bits(self.python.flush(self.clock, step.final))
+        assert isinstance(self.native, NativeEngine)
+        self.native.flush_step_inputs = 1
+        flush = self.native.flush_steps(self.clock, step.final)
+        next(flush)  # decides which windows close; the rest may interleave
+        flushed: list[ViewOutput] | None = None
+        for between in step.between:
+            if flushed is None:
+                try:
+                    next(flush)
+                except StopIteration as done:
+                    flushed = done.value
+            if isinstance(between, Push):
+                self.push(between)
+            else:
+                table = self.table(between)
+                assert self.native.set_table(table, 0) == self.python.set_table(table, 0)
+        if flushed is None:
+            flushed = run_steps(flush)
+        assert bits(flushed) == expected_flush
 
 
 @settings(
@@ -251,26 +301,35 @@ def test_long_streams_match(seed: int) -> None:
 
     rng = random.Random(seed)
     twins = Twins("drop" if seed % 2 else "keep")
+
+    def push(number: int) -> Push:
+        series = [
+            (
+                rng.choice(METRICS),
+                rng.choice(PODS),
+                rng.choice(["/x", "/y"]),
+                [
+                    (
+                        rng.randint(-20_000, 5_000),
+                        rng.choice([1.0, 2.0, 3.0, 0.0, STALE_NAN, float(number)]),
+                    )
+                ],
+            )
+            for _ in range(rng.randint(1, 10))
+        ]
+        return Push(series, [], rng.randint(0, 3_000))
+
     for number in range(1500):
         roll = rng.random()
         if roll < 0.75:
-            series = [
-                (
-                    rng.choice(METRICS),
-                    rng.choice(PODS),
-                    rng.choice(["/x", "/y"]),
-                    [
-                        (
-                            rng.randint(-20_000, 5_000),
-                            rng.choice([1.0, 2.0, 3.0, 0.0, STALE_NAN, float(number)]),
-                        )
-                    ],
-                )
-                for _ in range(rng.randint(1, 10))
-            ]
-            twins.step(Push(series, [], rng.randint(0, 3_000)))
+            twins.step(push(number))
         elif roll < 0.9:
-            twins.step(Flush(rng.randint(0, 6_000), rng.random() < 0.05))
+            at, final = rng.randint(0, 6_000), rng.random() < 0.05
+            if rng.random() < 0.5:
+                twins.step(Flush(at, final))
+            else:
+                between = [push(number) for _ in range(rng.randint(0, 3))]
+                twins.step(SteppedFlush(at, final, list[Push | Table](between)))
         elif roll < 0.96:
             services = {
                 pod: (rng.choice(SERVICES), rng.choice(["gold", "bronze"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -132,6 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     app.cleanup_ctx.append(reload_on_sighup)
     app.on_startup.append(_log_stop_signals)
+    app.on_startup.append(_freeze_startup_heap)  # after every cleanup_ctx has started
     web.run_app(
         app,
         host=host,
@@ -145,6 +147,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     log.info("stopped")
     return EXIT_OK
+
+
+async def _freeze_startup_heap(app: web.Application) -> None:
+    """Moves what start-up made (modules, configuration, engine, clients: ~50 k objects) out of
+    the cyclic collector's sight. A full collection walks every tracked object; with them it
+    took 30-50 ms on a busy 2-core machine, a pause any write could land in, set off by the
+    allocations of a large flush or request. They live as long as the process, so the
+    collector has nothing to find among them."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _log_stop_signals(app: web.Application) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from enrichproxy.config.schema import Config
 from enrichproxy.engine.enrich import Lookup
@@ -111,19 +111,26 @@ IngestSteps = Generator[None, None, IngestResult]
 step; the last one's StopIteration carries the result."""
 
 
-def one_step(work: Callable[[], IngestResult]) -> IngestSteps:
-    """An ingest whose whole work is one step (run at the first ``next``)."""
+FlushSteps = Generator[None, None, "list[ViewOutput]"]
+"""A flush done in steps of bounded work (``Engine.flush_steps``); the last step's
+StopIteration carries the outputs."""
+
+Done = TypeVar("Done")
+
+
+def one_step(work: Callable[[], Done]) -> Generator[None, None, Done]:
+    """Work done in one step (run at the first ``next``)."""
     yield from ()
     return work()
 
 
-def run_steps(steps: IngestSteps) -> IngestResult:
+def run_steps(steps: Generator[None, None, Done]) -> Done:
     """Every step of ``steps`` at once: for callers with nothing else to do meanwhile."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
-            result: IngestResult = done.value
+            result: Done = done.value
             return result
 
 
@@ -158,6 +165,18 @@ class Engine(Protocol):
 
     def flush(self, now_ms: int, final: bool = False) -> list[ViewOutput]:
         """Close complete windows (all of them with ``final``) and return their samples."""
+        ...
+
+    def flush_steps(self, now_ms: int, final: bool = False) -> FlushSteps:
+        """``flush`` in steps of bounded work, so that closing the windows of a million series
+        does not hold up the writes that arrive meanwhile. The first step decides which windows
+        close and must come between whole requests (no ingest under way), as a flush; from then
+        on their samples are late. Between two later steps the caller may ingest requests (in
+        steps too) and change tables: they reach only windows this flush does not close, so the
+        outputs are those of the whole flush followed by those ingests. Nothing else may run
+        between two steps (no other flush, reconfigure, export or restore of state). A flush
+        whose steps were left unfinished is finished by the next ``flush`` or ``flush_steps``,
+        whose outputs then include its samples: none is lost."""
         ...
 
     def encode_output(self, samples: Sequence[OutputSample]) -> bytes:

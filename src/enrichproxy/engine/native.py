@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from enrichproxy.config.schema import Config
@@ -37,6 +38,7 @@ from enrichproxy.engine.aggregation_state import STATE_FORMAT, StateMismatch
 from enrichproxy.engine.enrich import Lookup
 from enrichproxy.engine.interface import (
     EngineStats,
+    FlushSteps,
     GroupState,
     IngestResult,
     IngestSteps,
@@ -131,6 +133,22 @@ class Projection(NamedTuple):
     """Per view, its encoded signature labels (empty when it is not fed)."""
 
 
+FLUSH_STEP_INPUTS = 16_384
+"""Inputs a flush step settles at most: a few milliseconds of work, however many series."""
+
+
+@dataclass
+class _FlushUnderWay:
+    """A flush between its steps: what it has made so far, and how far it got."""
+
+    samples: list[list[OutputSample]]
+    """Per view, the samples of the steps done."""
+    begun: int = 0
+    """Views whose flush has begun (the first ones)."""
+    stepped: int = 0
+    """Views whose every step is done (the first ones)."""
+
+
 class NativeEngine:
     """The Engine interface over the C core; see the module docstring."""
 
@@ -155,6 +173,9 @@ class NativeEngine:
             name for rule in self.planner.rules for name in (*rule.key_labels, *rule.fields)
         )
         self._no_views = [b""] * len(self.planner.views)
+        self._flush_under_way: _FlushUnderWay | None = None
+        self.flush_step_inputs = FLUSH_STEP_INPUTS
+        """Inputs a flush step settles at most (tests make it tiny, to step often)."""
         # The two halves of a template, memoised while the templates last (_template).
         self._enrichments: dict[Labels, Enrichment] = {}
         self._projections: dict[Labels, Projection] = {}
@@ -471,13 +492,21 @@ class NativeEngine:
 
     def flush(self, now_ms: int, final: bool = False) -> list[ViewOutput]:
         """Close complete windows (all of them with ``final``) and return their samples."""
+        return run_steps(self.flush_steps(now_ms, final))
+
+    def flush_steps(self, now_ms: int, final: bool = False) -> FlushSteps:
+        """The first step decides, for every view, which windows close (the core's
+        flush_begin; it sweeps the inputs too, so plans of forgotten inputs go here, before
+        any ingest can use them); each later step settles up to FLUSH_STEP_INPUTS inputs."""
         core = self._core
-        outputs = []
+        views = self.planner.views
+        samples = self._finish_flush()
+        under_way = self._flush_under_way = _FlushUnderWay(samples)
         forgotten = groups_forgotten = 0
-        for index, view in enumerate(self.planner.views):
+        for index in range(len(views)):
             before = core.view_stats(index)
-            samples: list[OutputSample] = core.flush(index, now_ms, final, OutputSample)
-            outputs.append(ViewOutput(view.name, samples))
+            core.flush_begin(index, now_ms, final)
+            under_way.begun = index + 1
             after = core.view_stats(index)
             forgotten += after[7] - before[7]
             groups_forgotten += after[8] - before[8]
@@ -485,7 +514,28 @@ class NativeEngine:
             self._forget_plans()
         elif groups_forgotten:
             core.forget_capped()
-        return outputs
+        for index in range(len(views)):
+            while True:
+                yield
+                done, chunk = core.flush_step(index, self.flush_step_inputs, OutputSample)
+                samples[index].extend(chunk)
+                if done:
+                    break
+            under_way.stepped = index + 1
+        self._flush_under_way = None
+        return [ViewOutput(view.name, samples[index]) for index, view in enumerate(views)]
+
+    def _finish_flush(self) -> list[list[OutputSample]]:
+        """The samples of a flush whose steps were left unfinished, its remaining steps done
+        now (or, with none, a list per view to start from)."""
+        under_way = self._flush_under_way
+        if under_way is None:
+            return [[] for _ in self.planner.views]
+        self._flush_under_way = None
+        for index in range(under_way.stepped, under_way.begun):
+            _, chunk = self._core.flush_step(index, 0, OutputSample)
+            under_way.samples[index].extend(chunk)
+        return under_way.samples
 
     # --- a new configuration (reload) ---------------------------------------------------------
 

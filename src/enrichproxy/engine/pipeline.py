@@ -25,6 +25,7 @@ from enrichproxy.engine.aggregation_state import StateMismatch, export_state, re
 from enrichproxy.engine.enrich import Lookup
 from enrichproxy.engine.interface import (
     EngineStats,
+    FlushSteps,
     GroupState,
     IngestResult,
     IngestSteps,
@@ -336,6 +337,10 @@ class Pipeline:
         return plan
 
     # --- output ---------------------------------------------------------------------------------
+
+    def flush_steps(self, now_ms: int, final: bool = False) -> FlushSteps:
+        """The reference flushes in one step."""
+        return one_step(lambda: self.flush(now_ms, final))
 
     def flush(self, now_ms: int, final: bool = False) -> list[ViewOutput]:
         """Close complete windows (all of them with ``final``) and return their samples."""

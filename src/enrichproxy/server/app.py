@@ -62,6 +62,7 @@ from enrichproxy.metadata.store import (
 from enrichproxy.server import engine_gate
 from enrichproxy.server.auth import authenticator_for
 from enrichproxy.server.engine_gate import EngineGate
+from enrichproxy.server.engine_gate import flush as flush_in_steps
 from enrichproxy.server.telemetry import EXPOSITION_CONTENT_TYPE, Telemetry
 
 log = logging.getLogger(__name__)
@@ -589,12 +590,13 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
     held: list[ViewOutput] = []
     """Output of windows whose emitted marker could not be written yet."""
 
-    def flush(final: bool) -> None:
+    async def flush(final: bool, exclusive: bool = False) -> None:
         """Emit complete windows; OSError while the disk refuses what must come first.
 
         Nothing new is emitted while earlier output waits in memory for the disk (the marker,
         or a disk queue): the windows stay in the engine, and a checkpoint taken meanwhile
-        would otherwise cover output that only memory holds.
+        would otherwise cover output that only memory holds. ``exclusive``: the caller has the
+        engine alone already (shutdown), so the flush runs in one go.
         """
         if store is not None:
             store.retry_marker()
@@ -604,7 +606,10 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         if not proxy.forwarder.queue_held():
             return
         engine = proxy.engine
-        outputs = engine.flush(now_ms(), final=final)
+        if exclusive:
+            outputs = engine.flush(now_ms(), final=final)
+        else:
+            outputs = await flush_in_steps(engine, proxy.gate, now_ms(), final)
         if store is not None and any(output.samples for output in outputs):
             # Before the samples are queued: after a crash, never emit these windows again.
             held.extend(outputs)
@@ -629,10 +634,11 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
                 continue
             flushed_at = time.monotonic()
             try:
-                async with proxy.reload_lock, proxy.gate.exclusive():
-                    flush(final=False)
+                async with proxy.reload_lock:
+                    await flush(final=False)
                     if store is not None and time.monotonic() >= next_checkpoint:
-                        checkpoint(proxy)
+                        async with proxy.gate.exclusive():
+                            checkpoint(proxy)
                         next_checkpoint = time.monotonic() + checkpoint_interval()
             except OSError:
                 pass  # reported (DurabilityHealth) where it happened; the next tick retries
@@ -655,10 +661,10 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             if store is not None and not proxy.replaying:
                 # The open windows stay open: the next start continues them from the checkpoint.
-                flush(final=False)
+                await flush(final=False, exclusive=True)
                 checkpoint(proxy)
             elif store is None:
-                flush(final=True)
+                await flush(final=True, exclusive=True)
         except OSError:
             # Reported where it happened. The input log still holds every acknowledged write
             # since the last checkpoint: the next start applies them again.

@@ -7,6 +7,9 @@ may run between two steps of one; what must not is anything that needs whole req
 (a window could close on half a request), a checkpoint (it would cover half a request that the
 input log then replays whole), a reload (the engine is replaced). Those take the gate
 exclusively: they wait for the ingests under way to finish, and new ingests wait for them.
+A flush needs the engine alone only to decide which windows close; it settles them in steps
+that share the engine with ingests (``Engine.flush_steps``), so closing the windows of a
+million series does not hold up the writes either.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from enrichproxy.engine.interface import Engine, IngestResult
+from enrichproxy.engine.interface import Engine, IngestResult, ViewOutput
 
 OFF_LOOP_BYTES = 256 * 1024
 """Bodies at least this large (compressed) are decompressed and decoded in a worker thread:
@@ -78,3 +81,26 @@ async def ingest(engine: Engine, body: bytes, now_ms: int) -> IngestResult:
             result: IngestResult = done.value
             return result
         await asyncio.sleep(0)
+
+
+async def flush(engine: Engine, gate: EngineGate, now_ms: int, final: bool) -> list[ViewOutput]:
+    """``engine.flush(now_ms, final)`` in steps: the first with the engine alone, the others
+    sharing it with ingests, giving the event loop back between two. The caller keeps anything
+    else that needs the engine alone (a reload) out until it returns. If the caller is
+    cancelled between two steps, the engine's next flush finishes this one: no window is lost.
+    """
+    steps = engine.flush_steps(now_ms, final)
+    async with gate.exclusive():
+        try:
+            next(steps)
+        except StopIteration as done:
+            outputs: list[ViewOutput] = done.value
+            return outputs
+    while True:
+        await asyncio.sleep(0)
+        async with gate.shared():
+            try:
+                next(steps)
+            except StopIteration as done:
+                outputs = done.value
+                return outputs

@@ -639,8 +639,7 @@ static int compare_windows(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int view_flush(View *view, int64_t now_ms, int final, Outputs *out, void *owner,
-               ForgetInput forget) {
+int view_flush_begin(View *view, int64_t now_ms, int final, void *owner, ForgetInput forget) {
     if (view->max_timestamp_ms != view->watermark_seen_ms) {
         view->watermark_seen_ms = view->max_timestamp_ms;
         view->watermark_moved_at_ms = now_ms;
@@ -664,16 +663,32 @@ int view_flush(View *view, int64_t now_ms, int final, Outputs *out, void *owner,
     }
     if (view->nwindows > 1)
         qsort(view->windows, view->nwindows, sizeof(OpenWindow), compare_windows);
-    size_t closed = 0;
-    while (closed < view->nwindows && view->windows[closed].window <= close_through) {
-        OpenWindow *window = &view->windows[closed];
+    size_t closing = 0;
+    while (closing < view->nwindows && view->windows[closing].window <= close_through) closing++;
+    /* Windows opened from here on come after these: samples for these are late now. */
+    if (close_through > view->closed_window) view->closed_window = (int64_t)close_through;
+    view->flushing = 1;
+    view->flush_closing = closing;
+    view->flush_window = 0;
+    view->flush_group = 0;
+    return 0;
+}
+
+int view_flush_step(View *view, size_t budget, Outputs *out) {
+    size_t work = 0;
+    while (view->flush_window < view->flush_closing) {
+        /* Re-read every step: windows opened between steps may have moved the array. */
+        OpenWindow *window = &view->windows[view->flush_window];
         int64_t timestamp_ms = (int64_t)((i128)window->window * view->interval_ms);
-        for (size_t i = 0; i < window->ngroups; i++) {
-            int32_t group = window->groups[i];
+        while (view->flush_group < window->ngroups) {
+            if (budget && work >= budget) return 0;
+            int32_t group = window->groups[view->flush_group++];
+            Group *state = &view->groups[group];
+            work += 1 + state->ninputs + state->ndeparted;
             double value;
             int live;
             if (value_at(view, group, window->window, &value, &live) < 0) return -2;
-            Group *state = &view->groups[group];
+            state = &view->groups[group];
             if (!live && !state->emitted_live) continue;
             if (ep_grow((void **)&out->samples, &out->cap, out->n + 1, sizeof(OutputSample)) < 0)
                 return -2;
@@ -683,16 +698,25 @@ int view_flush(View *view, int64_t now_ms, int final, Outputs *out, void *owner,
             sample->value = live ? value : ep_stale_nan();
             state->emitted_live = (uint8_t)live;
         }
-        free_window(window);
-        closed++;
+        view->flush_window++;
+        view->flush_group = 0;
     }
+    size_t closed = view->flush_closing;
+    for (size_t i = 0; i < closed; i++) free_window(&view->windows[i]);
     if (closed) {
         memmove(view->windows, view->windows + closed,
                 (view->nwindows - closed) * sizeof(OpenWindow));
         view->nwindows -= closed;
     }
-    if (close_through > view->closed_window) view->closed_window = (int64_t)close_through;
-    return 0;
+    view->flushing = 0;
+    view->flush_closing = view->flush_window = view->flush_group = 0;
+    return 1;
+}
+
+int view_flush(View *view, int64_t now_ms, int final, Outputs *out, void *owner,
+               ForgetInput forget) {
+    if (view_flush_begin(view, now_ms, final, owner, forget) < 0) return -2;
+    return view_flush_step(view, 0, out) < 0 ? -2 : 0;
 }
 
 void view_mark_emitted_through(View *view, int64_t timestamp_ms) {

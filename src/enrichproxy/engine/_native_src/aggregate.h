@@ -110,6 +110,11 @@ typedef struct {
     int64_t watermark_limit_ms; /* the watermark never passes it: the proxy's clock */
     int64_t watermark_seen_ms, watermark_moved_at_ms, swept_at_ms;
     int64_t late_samples, out_of_order_samples, forgotten_inputs, forgotten_groups;
+
+    /* A flush under way (view_flush_begin .. view_flush_step): the windows it closes are the
+     * first ``flush_closing`` of ``windows``; the cursor is a window and a group in it. */
+    uint8_t flushing;
+    size_t flush_closing, flush_window, flush_group;
 } View;
 
 /* The callback a view uses when an input leaves the input map (forgotten): the owner clears
@@ -144,6 +149,13 @@ void view_observe(View *view, int32_t input, int64_t timestamp_ms, double value)
 void view_end(View *view, int32_t input, int64_t timestamp_ms);
 int view_flush(View *view, int64_t now_ms, int final, Outputs *out, void *owner,
                ForgetInput forget);
+/* A flush in steps. Begin decides which windows close (and sweeps inputs): from then on a
+ * sample for them is late, exactly as after the whole flush. Each step settles up to
+ * ``budget`` inputs (0: all) and appends their samples; 1 when the flush is done, 0 when
+ * more steps follow, -2 on memory failure. Samples may be observed between two steps: they
+ * only reach windows the flush does not close, so the result is the whole flush's. */
+int view_flush_begin(View *view, int64_t now_ms, int final, void *owner, ForgetInput forget);
+int view_flush_step(View *view, size_t budget, Outputs *out);
 void view_mark_emitted_through(View *view, int64_t timestamp_ms);
 double input_contribution(const Input *input);
 

@@ -1097,45 +1097,27 @@ static PyObject *Core_plan(Core *core, PyObject *args) {
 
 /* --- Core: flush and view state -------------------------------------------------------------- */
 
-/* flush(view, now_ms, final[, sample_type]): the samples of the windows it closes, as
- * (label bytes, timestamp ms, value) tuples, or as instances of sample_type, a tuple subclass of
- * three fields (model.OutputSample), made here without calling its Python __new__. */
-static PyObject *Core_flush(Core *core, PyObject *args) {
-    int view;
-    long long now_ms;
-    int final;
-    PyObject *sample_type = NULL;
-    if (!PyArg_ParseTuple(args, "iLp|O!", &view, &now_ms, &final, &PyType_Type, &sample_type))
-        return NULL;
-    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
-    PyTypeObject *type = (PyTypeObject *)sample_type;
-    if (type != NULL && !PyType_IsSubtype(type, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "sample_type must be a tuple subclass");
-        return NULL;
-    }
-    View *state = core->views[view];
-    Outputs out = {NULL, 0, 0};
-    if (view_flush(state, now_ms, final, &out, core, forget_input_callback) < 0) {
-        free(out.samples);
-        return PyErr_NoMemory();
-    }
-    PyObject *list = PyList_New((Py_ssize_t)out.n);
+/* The samples of ``out`` as a list of (label bytes, timestamp ms, value) tuples, or of
+ * instances of ``type``, a tuple subclass of three fields (model.OutputSample), made here
+ * without calling its Python __new__. Frees ``out``. */
+static PyObject *output_list(const View *state, Outputs *out, PyTypeObject *type) {
+    PyObject *list = PyList_New((Py_ssize_t)out->n);
     if (list == NULL) {
-        free(out.samples);
+        free(out->samples);
         return NULL;
     }
-    for (size_t i = 0; i < out.n; i++) {
-        const Group *group = &state->groups[out.samples[i].group];
+    for (size_t i = 0; i < out->n; i++) {
+        const Group *group = &state->groups[out->samples[i].group];
         PyObject *item;
         if (type == NULL) {
             item = Py_BuildValue("(y#Ld)", (const char *)group->labels,
                                  (Py_ssize_t)group->labels_len,
-                                 (long long)out.samples[i].timestamp_ms, out.samples[i].value);
+                                 (long long)out->samples[i].timestamp_ms, out->samples[i].value);
         } else {
             PyObject *labels = PyBytes_FromStringAndSize((const char *)group->labels,
                                                          (Py_ssize_t)group->labels_len);
-            PyObject *timestamp = PyLong_FromLongLong(out.samples[i].timestamp_ms);
-            PyObject *value = PyFloat_FromDouble(out.samples[i].value);
+            PyObject *timestamp = PyLong_FromLongLong(out->samples[i].timestamp_ms);
+            PyObject *value = PyFloat_FromDouble(out->samples[i].value);
             item = (labels && timestamp && value) ? type->tp_alloc(type, 3) : NULL;
             if (item == NULL) {
                 Py_XDECREF(labels);
@@ -1149,13 +1131,98 @@ static PyObject *Core_flush(Core *core, PyObject *args) {
         }
         if (item == NULL) {
             Py_DECREF(list);
-            free(out.samples);
+            free(out->samples);
             return NULL;
         }
+        /* Bytes, an int and a float: never part of a cycle, so not the collector's business.
+         * A flush of 100 k series would otherwise set off full collections of the heap. */
+        PyObject_GC_UnTrack(item);
         PyList_SET_ITEM(list, (Py_ssize_t)i, item);
     }
-    free(out.samples);
+    free(out->samples);
     return list;
+}
+
+static int check_sample_type(PyTypeObject *type) {
+    if (type != NULL && !PyType_IsSubtype(type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "sample_type must be a tuple subclass");
+        return -1;
+    }
+    return 0;
+}
+
+/* Whole-view work (a whole flush, export, adopt, marks) waits for a flush under way to end. */
+static int check_not_flushing(Core *core, int view) {
+    if (core->views[view]->flushing) {
+        PyErr_SetString(PyExc_RuntimeError, "a flush of this view is under way");
+        return -1;
+    }
+    return 0;
+}
+
+/* flush(view, now_ms, final[, sample_type]): the samples of the windows it closes (see
+ * output_list). */
+static PyObject *Core_flush(Core *core, PyObject *args) {
+    int view;
+    long long now_ms;
+    int final;
+    PyObject *sample_type = NULL;
+    if (!PyArg_ParseTuple(args, "iLp|O!", &view, &now_ms, &final, &PyType_Type, &sample_type))
+        return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0 ||
+        check_not_flushing(core, view) < 0 || check_sample_type((PyTypeObject *)sample_type) < 0)
+        return NULL;
+    View *state = core->views[view];
+    Outputs out = {NULL, 0, 0};
+    if (view_flush(state, now_ms, final, &out, core, forget_input_callback) < 0) {
+        free(out.samples);
+        return PyErr_NoMemory();
+    }
+    return output_list(state, &out, (PyTypeObject *)sample_type);
+}
+
+/* flush_begin(view, now_ms, final): decide the windows a flush closes (see view_flush_begin);
+ * only between whole requests, like flush. */
+static PyObject *Core_flush_begin(Core *core, PyObject *args) {
+    int view;
+    long long now_ms;
+    int final;
+    if (!PyArg_ParseTuple(args, "iLp", &view, &now_ms, &final)) return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0 || check_not_flushing(core, view) < 0)
+        return NULL;
+    if (view_flush_begin(core->views[view], now_ms, final, core, forget_input_callback) < 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* flush_step(view, budget[, sample_type]) -> (done, samples): up to ``budget`` inputs settled
+ * (0: all that are left). Requests may be applied between two steps, even in steps of their
+ * own. */
+static PyObject *Core_flush_step(Core *core, PyObject *args) {
+    int view;
+    Py_ssize_t budget;
+    PyObject *sample_type = NULL;
+    if (!PyArg_ParseTuple(args, "in|O!", &view, &budget, &PyType_Type, &sample_type)) return NULL;
+    if (check_view(core, view) < 0 || check_sample_type((PyTypeObject *)sample_type) < 0)
+        return NULL;
+    View *state = core->views[view];
+    if (!state->flushing) {
+        PyErr_SetString(PyExc_RuntimeError, "no flush of this view is under way");
+        return NULL;
+    }
+    if (budget < 0) {
+        PyErr_SetString(PyExc_ValueError, "budget must be >= 0");
+        return NULL;
+    }
+    Outputs out = {NULL, 0, 0};
+    int done = view_flush_step(state, (size_t)budget, &out);
+    if (done < 0) {
+        free(out.samples);
+        return PyErr_NoMemory();
+    }
+    PyObject *list = output_list(state, &out, (PyTypeObject *)sample_type);
+    if (list == NULL) return NULL;
+    return Py_BuildValue("(ON)", done ? Py_True : Py_False, list);
 }
 
 /* (groups, inputs, open windows, max_timestamp_ms, closed_window, late, out_of_order,
@@ -1186,7 +1253,8 @@ static PyObject *Core_mark_emitted_through(Core *core, PyObject *args) {
     int view;
     long long timestamp_ms;
     if (!PyArg_ParseTuple(args, "iL", &view, &timestamp_ms)) return NULL;
-    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0 || check_not_flushing(core, view) < 0)
+        return NULL;
     view_mark_emitted_through(core->views[view], timestamp_ms);
     Py_RETURN_NONE;
 }
@@ -1244,7 +1312,8 @@ static PyObject *input_state(const View *view, int32_t id, PyObject *departed_in
 static PyObject *Core_export_view(Core *core, PyObject *args) {
     int view;
     if (!PyArg_ParseTuple(args, "i", &view)) return NULL;
-    if (check_view(core, view) < 0 || check_idle(core) < 0) return NULL;
+    if (check_view(core, view) < 0 || check_idle(core) < 0 || check_not_flushing(core, view) < 0)
+        return NULL;
     const View *s = core->views[view];
     PyObject *departed_index = PyDict_New();
     PyObject *groups = PyList_New(0);
@@ -1524,7 +1593,9 @@ static PyObject *Core_adopt_view(Core *core, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iO!i", &index, Py_TYPE(core), &other, &previous_index)) return NULL;
     Core *previous = (Core *)other;
     if (check_view(core, index) < 0 || check_view(previous, previous_index) < 0) return NULL;
-    if (check_idle(core) < 0 || check_idle(previous) < 0) return NULL;
+    if (check_idle(core) < 0 || check_idle(previous) < 0 ||
+        check_not_flushing(previous, previous_index) < 0)
+        return NULL;
     View *moved = previous->views[previous_index];
     View *fresh = core->views[index];
     if (fresh->ngroups || fresh->live_inputs) {
@@ -1571,6 +1642,8 @@ static PyMethodDef Core_methods[] = {
     {"clear_templates", (PyCFunction)Core_clear_templates, METH_NOARGS, NULL},
     {"plan", (PyCFunction)Core_plan, METH_VARARGS, NULL},
     {"flush", (PyCFunction)Core_flush, METH_VARARGS, NULL},
+    {"flush_begin", (PyCFunction)Core_flush_begin, METH_VARARGS, NULL},
+    {"flush_step", (PyCFunction)Core_flush_step, METH_VARARGS, NULL},
     {"view_stats", (PyCFunction)Core_view_stats, METH_VARARGS, NULL},
     {"set_watermark_limit", (PyCFunction)Core_set_watermark_limit, METH_VARARGS, NULL},
     {"mark_emitted_through", (PyCFunction)Core_mark_emitted_through, METH_VARARGS, NULL},
