@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -24,8 +25,11 @@ from inprocess import (
 from realparts import MongoServer
 from sinks import RecordingSink
 
-from enrichproxy.engine.interface import FlushSteps, IngestSteps
+from enrichproxy.engine.interface import FlushSteps, IngestSteps, ViewOutput
 from enrichproxy.engine.native import NativeEngine
+from enrichproxy.model import OutputSample
+from enrichproxy.server import app as app_module
+from enrichproxy.server.app import Proxy
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
 
 PODS = 50
@@ -95,6 +99,7 @@ async def test_small_writes_are_answered_while_a_huge_one_is_applied(
 
 @pytest.mark.skipif(engine_kind() == "python", reason="the reference engine flushes in one step")
 async def test_small_writes_are_applied_between_the_steps_of_a_large_flush(
+    monkeypatch: pytest.MonkeyPatch,
     mongo: MongoServer,
     mongo_db_name: str,
     sink: RecordingSink,
@@ -120,6 +125,7 @@ async def test_small_writes_are_applied_between_the_steps_of_a_large_flush(
     engine = proxy.engine
     assert isinstance(engine, NativeEngine)
     engine.flush_step_inputs = 64  # many steps: a write in flight surely lands between two
+    monkeypatch.setattr(app_module, "FORWARD_SLICE_SAMPLES", 500)  # queued in 9 slices
     events: list[tuple[str, int]] = []
     flush_steps, ingest_steps = engine.flush_steps, engine.ingest_steps
 
@@ -169,3 +175,45 @@ async def test_small_writes_are_applied_between_the_steps_of_a_large_flush(
     }
     assert len(big) == ENDPOINTS
     assert set(big.values()) == {float(PODS)}
+
+
+class CountingForwarder:
+    def __init__(self) -> None:
+        self.queued: list[tuple[str | None, int]] = []
+        self.syncs = 0
+
+    def enqueue(self, samples: list[OutputSample], view: str | None = None) -> None:
+        self.queued.append((view, len(samples)))
+
+    def sync(self) -> None:
+        self.syncs += 1
+
+
+class NoTelemetry:
+    def record_outputs(self, outputs: list[ViewOutput]) -> None:
+        pass
+
+
+async def test_output_left_unqueued_by_a_cancelled_flusher_waits_for_the_next_flush() -> None:
+    """The windows are marked emitted before their samples are queued: a flusher stopped
+    between two slices leaves the rest where the shutdown flush queues it first."""
+    forwarder = CountingForwarder()
+    proxy = cast(Proxy, SimpleNamespace(forwarder=forwarder, telemetry=NoTelemetry()))
+    sample = OutputSample(b"", 0, 1.0)
+    outputs = [ViewOutput("ops", [sample] * 40_000), ViewOutput("biz", [sample] * 10)]
+    unqueued: list[ViewOutput] = []
+    task = asyncio.create_task(app_module.forward_in_slices(proxy, outputs, unqueued))
+    await asyncio.sleep(0)  # the first slice is queued, then it gives the loop back
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert forwarder.queued == [("ops", app_module.FORWARD_SLICE_SAMPLES)]
+    left = [(piece.view, len(piece.samples)) for piece in unqueued]
+    assert sum(n for _, n in forwarder.queued + left) == 40_010
+    assert left[-1] == ("biz", 10)
+
+    done = CountingForwarder()
+    proxy = cast(Proxy, SimpleNamespace(forwarder=done, telemetry=NoTelemetry()))
+    await app_module.forward_in_slices(proxy, outputs, [])
+    assert sum(n for _, n in done.queued) == 40_010
+    assert done.syncs == 1

@@ -101,7 +101,7 @@ PLAN_ONE = 2
 GO_ON = 3
 # The work of one step of ingest_steps (a few milliseconds each).
 PLAN_SERIES_PER_STEP = 8_192
-APPLY_SERIES_PER_STEP = 32_768
+APPLY_SERIES_PER_STEP = 8_192
 PYTHON_PLANS_PER_STEP = 128
 MAX_TEMPLATES = 1_000_000
 """Templates kept before they are all dropped (each is one distinct signature: when there are

@@ -74,6 +74,8 @@ RW2_MESSAGE = "io.prometheus.write.v2.Request"
 # much later than necessary a complete window leaves.
 MAX_FLUSH_DELAY_SECONDS = 5.0
 """How long the flusher lets large requests in progress put it off before it waits for them."""
+FORWARD_SLICE_SAMPLES = 16_384
+"""Output samples routed and queued between two turns of the event loop."""
 FLUSH_TICK_SECONDS = 0.25
 # Stopping the metadata store: how often to cancel it, and how long to wait after each time. A
 # cancellation normally ends it within milliseconds; see stop_metadata for the exception.
@@ -536,6 +538,29 @@ def forward(proxy: Proxy, outputs: list[ViewOutput]) -> None:
     proxy.forwarder.sync()
 
 
+async def forward_in_slices(
+    proxy: Proxy, outputs: list[ViewOutput], unqueued: list[ViewOutput]
+) -> None:
+    """``forward``, FORWARD_SLICE_SAMPLES at a time, giving the event loop back between two
+    (routing and encoding 100 k samples is tens of milliseconds). What is not queued yet waits
+    in ``unqueued``, so that if the caller is cancelled meanwhile (shutdown), the next flush
+    queues it first: the windows are marked emitted already, and must not be lost."""
+    slices = [
+        ViewOutput(output.view, output.samples[start : start + FORWARD_SLICE_SAMPLES])
+        for output in outputs
+        for start in range(0, len(output.samples), FORWARD_SLICE_SAMPLES)
+    ]
+    proxy.telemetry.record_outputs(outputs)
+    unqueued.extend(slices)
+    while unqueued:
+        piece = unqueued[0]
+        proxy.forwarder.enqueue(piece.samples, piece.view)
+        del unqueued[0]
+        if unqueued:
+            await asyncio.sleep(0)
+    proxy.forwarder.sync()
+
+
 def checkpoint(proxy: Proxy) -> None:
     """Write the aggregation state (with ``state_path``; a no-op without).
 
@@ -588,7 +613,8 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         )
 
     held: list[ViewOutput] = []
-    """Output of windows whose emitted marker could not be written yet."""
+    """Output of windows emitted but not queued yet: their marker could not be written yet, or
+    the flusher was stopped while queueing them."""
 
     async def flush(final: bool, exclusive: bool = False) -> None:
         """Emit complete windows; OSError while the disk refuses what must come first.
@@ -615,7 +641,10 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
             held.extend(outputs)
             store.mark_emitted(engine.emitted_through_ms())
             held.clear()
-        forward(proxy, outputs)
+        if exclusive:
+            forward(proxy, outputs)
+        else:
+            await forward_in_slices(proxy, outputs, held)
 
     def checkpoint_interval() -> float:
         return proxy.config.aggregation.checkpoint_interval_ms / 1000  # a reload may change it
