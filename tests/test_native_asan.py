@@ -164,9 +164,28 @@ for step in range(2500):
     elif roll < 0.7:
         body = rng.choice(bodies)
         ingest(compress(mutate(body) if rng.random() < 0.5 else body))
-    elif roll < 0.82:
+    elif roll < 0.76:
         clock += rng.randint(0, 8_000)
         emitted += sum(len(out.samples) for out in engine.flush(clock, rng.random() < 0.05))
+    elif roll < 0.82:
+        # A flush in steps of one input, with requests in between; now and then left
+        # unfinished, for the next flush to finish (before anything else needs the whole view,
+        # as the server does).
+        clock += rng.randint(0, 8_000)
+        engine.flush_step_inputs = 1
+        steps = engine.flush_steps(clock, rng.random() < 0.05)
+        try:
+            while True:
+                next(steps)
+                if rng.random() < 0.3:
+                    clock += rng.randint(0, 3_000)
+                    ingest(random_body())
+                if rng.random() < 0.1:
+                    outputs = engine.flush(clock)
+                    emitted += sum(len(out.samples) for out in outputs)
+                    break
+        except StopIteration as done:
+            emitted += sum(len(out.samples) for out in done.value)
     elif roll < 0.9:
         documents = [
             {"pod": pod, "service": rng.choice(["s1", "s2"]), "tier": rng.choice(["gold", "x"])}
