@@ -385,16 +385,21 @@ static void hand_over(View *view, int32_t id, int64_t window) {
         record(view, predecessor, window, input_contribution(old), 0);
 }
 
-/* What observe and end share: the sample's window, or 0 when it is late or out of order
- * (counted); an admitted sample moves the input's time and the watermark and ends a move. */
+/* What observe and end share: 0 when the sample is out of order or a late repeat (counted);
+ * else 1 with its window, or ADMITTED_LATE for a late sample newer than the input's last one,
+ * admitted as of the first window not emitted yet (and counted as late), as in the reference.
+ * An admitted sample moves the input's time and the watermark and ends a move. */
+#define ADMITTED_LATE 2
 static inline int admit(View *view, int32_t id, int64_t timestamp_ms, int64_t *window_out) {
     int64_t window = (int64_t)ep_ceildiv(timestamp_ms, view->interval_ms);
+    Input *input = &view->inputs[id];
+    int admitted = 1;
     if (window <= view->closed_window) {
         view->late_samples++;
-        return 0;
-    }
-    Input *input = &view->inputs[id];
-    if (timestamp_ms <= input->last_seen_ms) {
+        if (timestamp_ms <= input->last_seen_ms) return 0;
+        window = view->closed_window + 1;
+        admitted = ADMITTED_LATE;
+    } else if (timestamp_ms <= input->last_seen_ms) {
         view->out_of_order_samples++;
         return 0;
     }
@@ -407,12 +412,13 @@ static inline int admit(View *view, int32_t id, int64_t timestamp_ms, int64_t *w
     }
     if (input->predecessor != NO_ID) hand_over(view, id, window);
     *window_out = window;
-    return 1;
+    return admitted;
 }
 
 void view_observe(View *view, int32_t id, int64_t timestamp_ms, double value) {
     int64_t window;
-    if (!admit(view, id, timestamp_ms, &window)) return;
+    int admitted = admit(view, id, timestamp_ms, &window);
+    if (!admitted) return;
     Input *input = &view->inputs[id];
     double contribution;
     if (input->flags & INPUT_COUNTER) {
@@ -424,6 +430,12 @@ void view_observe(View *view, int32_t id, int64_t timestamp_ms, double value) {
     }
     input->last_value = value;
     input->flags |= INPUT_HAS_VALUE | INPUT_LIVE;
+    if (admitted == ADMITTED_LATE && !input->count) {
+        /* settled at once: it shows in the next window its group writes, and makes none */
+        input->closed_contribution = contribution;
+        input->flags |= INPUT_CLOSED_LIVE;
+        return;
+    }
     if (input->count) {
         Pending *last = &input_pending(input)[input->count - 1];
         if (last->window == window) {
@@ -639,6 +651,23 @@ static int compare_windows(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The reference's _awaited_through: the last window that every live input with a sample
+ * within idle_flush (sample time) before the watermark has passed. */
+static i128 awaited_through(const View *view) {
+    i128 awaited_since = (i128)view->max_timestamp_ms - view->idle_flush_ms;
+    int64_t lowest = INT64_MAX;
+    for (size_t pos = 0; pos < view->order_len; pos++) {
+        int32_t id = view->order[pos];
+        if (id == NO_ID) continue;
+        const Input *input = &view->inputs[id];
+        int64_t last_seen_ms = input->last_seen_ms;
+        if ((input->flags & INPUT_LIVE) && (i128)last_seen_ms >= awaited_since &&
+            last_seen_ms < lowest)
+            lowest = last_seen_ms;
+    }
+    return ep_floordiv(lowest, view->interval_ms);
+}
+
 int view_flush(View *view, int64_t now_ms, int final, Outputs *out, void *owner,
                ForgetInput forget) {
     if (view->max_timestamp_ms != view->watermark_seen_ms) {
@@ -661,6 +690,10 @@ int view_flush(View *view, int64_t now_ms, int final, Outputs *out, void *owner,
     } else {
         close_through = ep_floordiv((i128)view->max_timestamp_ms - view->lateness_ms,
                                     view->interval_ms);
+        if (close_through > view->closed_window && view->nwindows) {
+            i128 awaited = awaited_through(view);
+            if (awaited < close_through) close_through = awaited;
+        }
     }
     if (view->nwindows > 1)
         qsort(view->windows, view->nwindows, sizeof(OpenWindow), compare_windows);
