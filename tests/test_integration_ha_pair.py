@@ -18,7 +18,6 @@ value, and no rejection in the receiver's log or in either replica's forwarder.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,19 +26,16 @@ from typing import Any
 import pytest
 import yaml
 from realparts import (
-    LOCALHOST,
-    ManagedProcess,
     MongoServer,
     PrometheusProcess,
     ProxyProcess,
-    free_port,
     poll_until,
-    port_is_open,
     prometheus_config,
     remote_write_config,
     scrape_config,
     stop_all,
 )
+from test_integration_restart import FleetExporter
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +44,8 @@ EXAMPLE_CONFIG = REPO / "conf" / "enrichproxy.yaml"
 
 PODS = 60
 """600 input series a second per replica (9 failure counters and one gauge per pod)."""
+RESTART_PROBABILITY = 0.002
+"""About one pod restart (its counters back to zero) every 8 s: resets around the crash too."""
 INTERVAL_S = 2
 LATENESS = "0s"
 """No allowance for the spread between the shards of one Prometheus queue: whether a window is
@@ -68,46 +66,6 @@ VIEWS = [
 ]
 """A counter view and a gauge view, each keeping only labels the source series carry, so that
 their exact output can be computed here from the source's raw samples."""
-
-
-class FleetExporter(ManagedProcess):
-    """``enrichproxy loadgen --exporter-port``: the simulated fleet's /metrics."""
-
-    def __init__(self, workdir: Path) -> None:
-        super().__init__("loadgen-exporter", workdir / "exporter.log")
-        self.workdir = workdir
-        self.port = free_port()
-
-    def start(self, timeout: float = 20.0) -> None:
-        self._spawn(
-            [
-                sys.executable,
-                "-m",
-                "enrichproxy",
-                "loadgen",
-                "--exporter-port",
-                str(self.port),
-                "--pods",
-                str(PODS),
-                "--scrape-interval",
-                "1s",
-                "--churn-probability",
-                "0",
-                "--restart-probability",
-                "0.002",
-            ],
-            cwd=self.workdir,
-        )
-
-        def listening() -> bool:
-            self._check_alive()
-            return port_is_open(self.port)
-
-        poll_until(listening, timeout, "the loadgen exporter")
-
-    @property
-    def target(self) -> str:
-        return f"{LOCALHOST}:{self.port}"
 
 
 def replica_config(
@@ -226,7 +184,7 @@ def test_a_pair_of_replicas_writes_identical_samples_through_a_crash(
         for name in ("a", "b")
     }
     replicas: dict[str, ProxyProcess] = {}
-    exporter = FleetExporter(tmp_path / "exporter")
+    exporter = FleetExporter(tmp_path / "exporter", PODS, RESTART_PROBABILITY)
     source: PrometheusProcess | None = None
     keep = [{"source_labels": ["__name__"], "regex": f"{COUNTER}|{GAUGE}", "action": "keep"}]
     try:
