@@ -12,9 +12,12 @@ aggregator emits at most one sample, at the window's end, in increasing time ord
   ended, the group emits a staleness marker.
 
 Windows are ``(end - interval, end]`` in sample time. A window closes once the newest sample
-time seen (the watermark) passes its end plus the lateness allowance, or once no newer sample
-has arrived for ``idle_flush`` of wall time. A sample for a closed window is late: it is counted
-and left out; for a counter its increase is not lost, the next sample carries it.
+time seen (the watermark) passes its end plus the lateness allowance and every input that still
+sends has a sample at or past its end, or once no newer sample has arrived for ``idle_flush`` of
+wall time. So what a window holds depends on the samples, not on how a sender batched them:
+two replicas fed the same stream write the same output. A sample for a closed window is late:
+it is counted and left out of that window; newer than its input's last sample, it still moves
+the input from the next window on, so a counter loses nothing, also across a reset.
 
 A view may cap its groups (``admits``, the cardinality guard): over the cap no new group is
 made, and the input that asked is left out by the caller; existing groups keep every input.
