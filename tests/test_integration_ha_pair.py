@@ -241,7 +241,10 @@ def test_a_pair_of_replicas_writes_identical_samples_through_a_crash(
             return lag is not None and lag < 5 and not queued
 
         poll_until(caught_up, CATCH_UP_TIMEOUT_S, "the restarted replica to catch up", 0.5)
-        downstream.wait_for(f"timestamp({COUNTER}{{view='failures'}}) > {end + 5}")
+        # Each output series arrives in time order: one newer than `end` everywhere means all.
+        for receiver in (downstream, *own.values()):
+            for metric, view in ((COUNTER, "failures"), (GAUGE, "inflight")):
+                receiver.wait_for(f'min(timestamp({metric}{{view="{view}"}})) > {end}', timeout=30)
         seconds = math.ceil(time.time() - started) + 30
         at = time.time()
 
