@@ -422,6 +422,51 @@ CASES = [
     pytest.param(
         Case(
             [
+                Push('order_total{pod="a",service="s"} 10 @1000', at=1000),
+                Flush(1000),
+                Flush(61000, out("order_total", "10 @15000")),  # idle: the window is out
+                Push('order_total{pod="a",service="s"} 11 @14000', at=61100),  # late
+                Push('order_total{pod="a",service="s"} 2 @16000', at=61200),  # a reset
+                # 11 before the reset stays counted: 11 + 2, not 10 + 2.
+                Flush(61300, out("order_total", "13 @30000"), final=True),
+            ],
+            late=1,
+        ),
+        id="a late sample still moves its input: a reset after it loses nothing",
+    ),
+    pytest.param(
+        Case(
+            [
+                'inflight{pod="a",service="s"} 1 @1000\ninflight{pod="b",service="s"} 1 @1000',
+                'inflight{pod="a",service="s"} 2 @50000',
+                # 50 s - 30 s lateness is past the first window, but b has sent nothing newer
+                # than 1 s yet (its next samples are in another request, still on the way).
+                Flush(50000),
+                'inflight{pod="b",service="s"} 3 @14000',
+                'inflight{pod="b",service="s"} 4 @50000',
+                Flush(50000, out("inflight", "4 @15000")),
+                Flush(50000, out("inflight", "6 @60000"), final=True),
+            ]
+        ),
+        id="a window waits until every input that still sends has passed it",
+    ),
+    pytest.param(
+        Case(
+            [
+                'inflight{pod="a",service="s"} 1 @1000\ninflight{pod="b",service="s"} 1 @1000',
+                'inflight{pod="a",service="s"} 2 @80000',
+                # b has been silent for more than idle_flush (1 m) of sample time: not waited for.
+                Flush(80000, out("inflight", "2 @15000")),
+                'inflight{pod="b",service="s"} 3 @14000',  # late
+                Flush(80000, out("inflight", "5 @90000"), final=True),
+            ],
+            late=1,
+        ),
+        id="an input silent for idle_flush of sample time holds no window back",
+    ),
+    pytest.param(
+        Case(
+            [
                 'order_total{pod="a",service="s"} 10 @1000\n'
                 'order_total{pod="b",service="s"} 5 @1000',
                 'order_total{pod="a",service="s"} 12 @16000',

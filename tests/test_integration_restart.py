@@ -61,12 +61,17 @@ APPLICATION_NAMES = re.compile(r"order_.*|payment_.*|checkout_.*|http_request_du
 
 
 class FleetExporter(ManagedProcess):
-    """``enrichproxy loadgen --exporter-port``: the simulated fleet's /metrics, as in compose."""
+    """``enrichproxy loadgen --exporter-port``: the simulated fleet's /metrics, as in compose.
 
-    def __init__(self, workdir: Path) -> None:
+    No pods come or go; ``restart_probability`` is each pod's chance per round of restarting
+    (its counters back to zero)."""
+
+    def __init__(self, workdir: Path, pods: int = PODS, restart_probability: float = 0.0) -> None:
         super().__init__("loadgen-exporter", workdir / "exporter.log")
         self.workdir = workdir
         self.port = free_port()
+        self.pods = pods
+        self.restart_probability = restart_probability
 
     def start(self, timeout: float = 20.0) -> None:
         self._spawn(
@@ -78,13 +83,13 @@ class FleetExporter(ManagedProcess):
                 "--exporter-port",
                 str(self.port),
                 "--pods",
-                str(PODS),
+                str(self.pods),
                 "--scrape-interval",
                 "1s",
                 "--churn-probability",
                 "0",
                 "--restart-probability",
-                "0",
+                str(self.restart_probability),
             ],
             cwd=self.workdir,
         )

@@ -12,9 +12,12 @@ aggregator emits at most one sample, at the window's end, in increasing time ord
   ended, the group emits a staleness marker.
 
 Windows are ``(end - interval, end]`` in sample time. A window closes once the newest sample
-time seen (the watermark) passes its end plus the lateness allowance, or once no newer sample
-has arrived for ``idle_flush`` of wall time. A sample for a closed window is late: it is counted
-and left out; for a counter its increase is not lost, the next sample carries it.
+time seen (the watermark) passes its end plus the lateness allowance and every input that still
+sends has a sample at or past its end, or once no newer sample has arrived for ``idle_flush`` of
+wall time. So what a window holds depends on the samples, not on how a sender batched them:
+two replicas fed the same stream write the same output. A sample for a closed window is late:
+it is counted and left out of that window; newer than its input's last sample, it still moves
+the input from the next window on, so a counter loses nothing, also across a reset.
 
 A view may cap its groups (``admits``, the cardinality guard): over the cap no new group is
 made, and the input that asked is left out by the caller; existing groups keep every input.
@@ -112,13 +115,24 @@ class InputSeries:
         return self.last_value if self.live else 0.0
 
     def observe(self, timestamp_ms: int, value: float) -> Observed:
-        """Apply one sample. The caller has already routed staleness markers to ``end``."""
+        """Apply one sample. The caller has already routed staleness markers to ``end``.
+
+        A late sample (its window was emitted) newer than the input's last one is still
+        applied to the input, as of the first window not emitted yet (without making its group
+        write that window): a counter reset after it must find the value before the reset, or
+        what was counted up to it would be lost for good; and a replica that applies it again
+        after a crash, when its window is already out, must go on from the same state as one
+        that did not crash."""
         agg = self._agg
         window = -(-timestamp_ms // agg.interval_ms)
+        observed = Observed.ACCEPTED
         if window <= agg.closed_window:
             agg.late_samples += 1
-            return Observed.LATE
-        if timestamp_ms <= self.last_seen_ms:
+            if timestamp_ms <= self.last_seen_ms:
+                return Observed.LATE
+            window = agg.closed_window + 1
+            observed = Observed.LATE
+        elif timestamp_ms <= self.last_seen_ms:
             agg.out_of_order_samples += 1
             return Observed.OUT_OF_ORDER
         self.last_seen_ms = timestamp_ms
@@ -137,35 +151,45 @@ class InputSeries:
             contribution = value
         self.last_value = value
         self.live = True
-        # _record, inlined: this line runs for every sample in every view.
         pending = self.pending
+        if observed is Observed.LATE and not pending:
+            # Settled at once: it shows in the next window its group writes, and makes none.
+            self.closed_contribution = contribution
+            self.closed_live = True
+            return observed
+        # _record, inlined: this line runs for every sample in every view.
         if pending:
             last_window = pending[-1][0]
             if last_window == window:
                 pending[-1] = (window, contribution, True)
-                return Observed.ACCEPTED
+                return observed
             if last_window > window:
                 self._record(window, contribution, True)
-                return Observed.ACCEPTED
+                return observed
         pending.append((window, contribution, True))
         groups = agg.open_groups.get(window)
         if groups is None:
             agg.open_groups[window] = {self.group}
         else:
             groups.add(self.group)
-        return Observed.ACCEPTED
+        return observed
 
     def end(self, timestamp_ms: int) -> Observed:
         """The input received a staleness marker at ``timestamp_ms``.
 
         Admitted by the same rules as ``observe`` (which keeps its copy of them inline: it runs
-        for every sample of every view)."""
+        for every sample of every view), a late marker ending the input in the first window
+        not emitted yet."""
         agg = self._agg
         window = -(-timestamp_ms // agg.interval_ms)
+        observed = Observed.ACCEPTED
         if window <= agg.closed_window:
             agg.late_samples += 1
-            return Observed.LATE
-        if timestamp_ms <= self.last_seen_ms:
+            if timestamp_ms <= self.last_seen_ms:
+                return Observed.LATE
+            window = agg.closed_window + 1
+            observed = Observed.LATE
+        elif timestamp_ms <= self.last_seen_ms:
             agg.out_of_order_samples += 1
             return Observed.OUT_OF_ORDER
         self.last_seen_ms = timestamp_ms
@@ -177,7 +201,7 @@ class InputSeries:
             self._hand_over(window)
         self.live = False
         self._record(window, self.contribution(), False)
-        return Observed.ACCEPTED
+        return observed
 
     def _hand_over(self, window: int) -> None:
         """The first sample since the input moved: it left its old group in this window, if
@@ -399,6 +423,8 @@ class ViewAggregator:
             close_through = max(self.open_groups, default=self.closed_window)
         else:
             close_through = (self.max_timestamp_ms - settings.lateness_ms) // self.interval_ms
+            if close_through > self.closed_window and self.open_groups:
+                close_through = min(close_through, self._awaited_through())
         out: list[OutputSample] = []
         for window in sorted(w for w in self.open_groups if w <= close_through):
             timestamp_ms = window * self.interval_ms
@@ -412,6 +438,24 @@ class ViewAggregator:
                     group.emitted_live = False
         self.closed_window = max(self.closed_window, close_through)
         return out
+
+    def _awaited_through(self) -> int:
+        """The last window that every awaited input has passed: ``lateness`` alone would let
+        the arrival order decide what a window holds.
+
+        A sender keeps each series in time order, not the series among themselves (each
+        remote-write shard sends on its own), so a window is complete only once each input
+        that still sends has a sample at or past its end. Awaited are the live inputs with a
+        sample within ``idle_flush`` of sample time before the watermark: an input silent for
+        longer (its sender lost it without a staleness marker) no longer holds the view back.
+        """
+        awaited_since = self.max_timestamp_ms - self.settings.idle_flush_ms
+        lowest = _NO_LIMIT
+        for series in self.inputs.values():
+            last_seen_ms = series.last_seen_ms
+            if series.live and awaited_since <= last_seen_ms < lowest:
+                lowest = last_seen_ms
+        return lowest // self.interval_ms
 
     def _expire_inputs(self) -> None:
         settings = self.settings

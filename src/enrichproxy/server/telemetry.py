@@ -178,7 +178,8 @@ class Telemetry:
         # --- views and aggregation
         self.view_samples_dropped = Counter(
             "enrichproxy_view_samples_dropped_total",
-            "Samples a view did not aggregate, by reason (late, out_of_order).",
+            "Samples a view did not aggregate in their own window, by reason (late, out_of_order, "
+            "cardinality_limit).",
             ["view", "reason"],
             registry=r,
         )

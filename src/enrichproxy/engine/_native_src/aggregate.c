@@ -50,6 +50,7 @@ void view_free(View *view) {
     free(view->windows);
     free(view->scratch);
     free(view->forgotten);
+    free(view->early.samples);
     free(view);
 }
 
@@ -385,16 +386,27 @@ static void hand_over(View *view, int32_t id, int64_t window) {
         record(view, predecessor, window, input_contribution(old), 0);
 }
 
-/* What observe and end share: the sample's window, or 0 when it is late or out of order
- * (counted); an admitted sample moves the input's time and the watermark and ends a move. */
+/* What observe and end share: 0 when the sample is out of order or a late repeat (counted);
+ * else 1 with its window, or ADMITTED_LATE for a late sample newer than the input's last one,
+ * admitted as of the first window not emitted yet (and counted as late), as in the reference.
+ * An admitted sample moves the input's time and the watermark and ends a move. */
+#define ADMITTED_LATE 2
 static inline int admit(View *view, int32_t id, int64_t timestamp_ms, int64_t *window_out) {
+    if (view->flushing) {
+        /* As after the whole flush: the groups this sample can change are summed first. */
+        view_flush_group_now(view, view->inputs[id].group);
+        int32_t predecessor = input_predecessor(view, &view->inputs[id]);
+        if (predecessor != NO_ID) view_flush_group_now(view, view->inputs[predecessor].group);
+    }
     int64_t window = (int64_t)ep_ceildiv(timestamp_ms, view->interval_ms);
+    Input *input = &view->inputs[id];
+    int admitted = 1;
     if (window <= view->closed_window) {
         view->late_samples++;
-        return 0;
-    }
-    Input *input = &view->inputs[id];
-    if (timestamp_ms <= input->last_seen_ms) {
+        if (timestamp_ms <= input->last_seen_ms) return 0;
+        window = view->closed_window + 1;
+        admitted = ADMITTED_LATE;
+    } else if (timestamp_ms <= input->last_seen_ms) {
         view->out_of_order_samples++;
         return 0;
     }
@@ -407,12 +419,13 @@ static inline int admit(View *view, int32_t id, int64_t timestamp_ms, int64_t *w
     }
     if (input->predecessor != NO_ID) hand_over(view, id, window);
     *window_out = window;
-    return 1;
+    return admitted;
 }
 
 void view_observe(View *view, int32_t id, int64_t timestamp_ms, double value) {
     int64_t window;
-    if (!admit(view, id, timestamp_ms, &window)) return;
+    int admitted = admit(view, id, timestamp_ms, &window);
+    if (!admitted) return;
     Input *input = &view->inputs[id];
     double contribution;
     if (input->flags & INPUT_COUNTER) {
@@ -424,6 +437,12 @@ void view_observe(View *view, int32_t id, int64_t timestamp_ms, double value) {
     }
     input->last_value = value;
     input->flags |= INPUT_HAS_VALUE | INPUT_LIVE;
+    if (admitted == ADMITTED_LATE && !input->count) {
+        /* settled at once: it shows in the next window its group writes, and makes none */
+        input->closed_contribution = contribution;
+        input->flags |= INPUT_CLOSED_LIVE;
+        return;
+    }
     if (input->count) {
         Pending *last = &input_pending(input)[input->count - 1];
         if (last->window == window) {
@@ -484,6 +503,8 @@ static int move_input(View *view, int32_t moved_id, int32_t series_id) {
 
 int32_t view_attach(View *view, int32_t existing, int32_t entry, const uint8_t *labels,
                     size_t len, uint64_t hash, int is_counter) {
+    if (existing != NO_ID && view->flushing)
+        view_flush_group_now(view, view->inputs[existing].group); /* see admit */
     if (existing != NO_ID) {
         Input *input = &view->inputs[existing];
         const Group *group = &view->groups[input->group];
@@ -498,6 +519,7 @@ int32_t view_attach(View *view, int32_t existing, int32_t entry, const uint8_t *
     int32_t group = view_find_group(view, labels, len, hash);
     if (group == NO_ID) group = view_new_group(view, labels, len, hash);
     if (group < 0) return -2;
+    if (view->flushing && view_flush_group_now(view, group) < 0) return -2;
     int32_t series = view_new_input(view, group, is_counter);
     if (series < 0) return -2;
     if (existing != NO_ID && move_input(view, existing, series) < 0) return -2;
@@ -639,6 +661,23 @@ static int compare_windows(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The reference's _awaited_through: the last window that every live input with a sample
+ * within idle_flush (sample time) before the watermark has passed. */
+static i128 awaited_through(const View *view) {
+    i128 awaited_since = (i128)view->max_timestamp_ms - view->idle_flush_ms;
+    int64_t lowest = INT64_MAX;
+    for (size_t pos = 0; pos < view->order_len; pos++) {
+        int32_t id = view->order[pos];
+        if (id == NO_ID) continue;
+        const Input *input = &view->inputs[id];
+        int64_t last_seen_ms = input->last_seen_ms;
+        if ((input->flags & INPUT_LIVE) && (i128)last_seen_ms >= awaited_since &&
+            last_seen_ms < lowest)
+            lowest = last_seen_ms;
+    }
+    return ep_floordiv(lowest, view->interval_ms);
+}
+
 int view_flush_begin(View *view, int64_t now_ms, int final, void *owner, ForgetInput forget) {
     if (view->max_timestamp_ms != view->watermark_seen_ms) {
         view->watermark_seen_ms = view->max_timestamp_ms;
@@ -660,6 +699,10 @@ int view_flush_begin(View *view, int64_t now_ms, int final, void *owner, ForgetI
     } else {
         close_through = ep_floordiv((i128)view->max_timestamp_ms - view->lateness_ms,
                                     view->interval_ms);
+        if (close_through > view->closed_window && view->nwindows) {
+            i128 awaited = awaited_through(view);
+            if (awaited < close_through) close_through = awaited;
+        }
     }
     if (view->nwindows > 1)
         qsort(view->windows, view->nwindows, sizeof(OpenWindow), compare_windows);
@@ -668,35 +711,76 @@ int view_flush_begin(View *view, int64_t now_ms, int final, void *owner, ForgetI
     /* Windows opened from here on come after these: samples for these are late now. */
     if (close_through > view->closed_window) view->closed_window = (int64_t)close_through;
     view->flushing = 1;
+    if (++view->flush_epoch == 0) view->flush_epoch = 1; /* 0: a group never summed */
     view->flush_closing = closing;
     view->flush_window = 0;
     view->flush_group = 0;
     return 0;
 }
 
+/* The sample of ``group`` for closing window number ``index``, if it writes one. */
+static int emit(View *view, int32_t group, size_t index, Outputs *out) {
+    const OpenWindow *window = &view->windows[index];
+    double value;
+    int live;
+    if (value_at(view, group, window->window, &value, &live) < 0) return -2;
+    Group *state = &view->groups[group];
+    state->flush_epoch = view->flush_epoch;
+    state->flush_done = (uint32_t)index + 1;
+    if (!live && !state->emitted_live) return 0;
+    if (ep_grow((void **)&out->samples, &out->cap, out->n + 1, sizeof(OutputSample)) < 0)
+        return -2;
+    OutputSample *sample = &out->samples[out->n++];
+    sample->group = group;
+    sample->timestamp_ms = (int64_t)((i128)window->window * view->interval_ms);
+    sample->value = live ? value : ep_stale_nan();
+    state->emitted_live = (uint8_t)live;
+    return 0;
+}
+
+/* Closing windows before this number are summed for ``group`` already. */
+static size_t done_through(const View *view, const Group *group) {
+    return group->flush_epoch == view->flush_epoch ? group->flush_done : 0;
+}
+
+int view_flush_group_now(View *view, int32_t group) {
+    if (!view->flushing || group < 0) return 0;
+    size_t first = done_through(view, &view->groups[group]);
+    if (first < view->flush_window) first = view->flush_window;
+    size_t word = (size_t)group / 64;
+    uint64_t bit = UINT64_C(1) << (group % 64);
+    for (size_t index = first; index < view->flush_closing; index++) {
+        const OpenWindow *window = &view->windows[index];
+        if (word >= window->bits_words || !(window->bits[word] & bit)) continue;
+        if (emit(view, group, index, &view->early) < 0) return -2;
+    }
+    Group *state = &view->groups[group];
+    state->flush_epoch = view->flush_epoch;
+    state->flush_done = (uint32_t)view->flush_closing;
+    return 0;
+}
+
 int view_flush_step(View *view, size_t budget, Outputs *out) {
+    if (view->early.n) {
+        if (ep_grow((void **)&out->samples, &out->cap, out->n + view->early.n,
+                    sizeof(OutputSample)) < 0)
+            return -2;
+        memcpy(out->samples + out->n, view->early.samples, view->early.n * sizeof(OutputSample));
+        out->n += view->early.n;
+        view->early.n = 0;
+    }
     size_t work = 0;
     while (view->flush_window < view->flush_closing) {
         /* Re-read every step: windows opened between steps may have moved the array. */
-        OpenWindow *window = &view->windows[view->flush_window];
-        int64_t timestamp_ms = (int64_t)((i128)window->window * view->interval_ms);
+        const OpenWindow *window = &view->windows[view->flush_window];
         while (view->flush_group < window->ngroups) {
             if (budget && work >= budget) return 0;
             int32_t group = window->groups[view->flush_group++];
-            Group *state = &view->groups[group];
+            const Group *state = &view->groups[group];
+            if (done_through(view, state) > view->flush_window) continue; /* summed early */
             work += 1 + state->ninputs + state->ndeparted;
-            double value;
-            int live;
-            if (value_at(view, group, window->window, &value, &live) < 0) return -2;
-            state = &view->groups[group];
-            if (!live && !state->emitted_live) continue;
-            if (ep_grow((void **)&out->samples, &out->cap, out->n + 1, sizeof(OutputSample)) < 0)
-                return -2;
-            OutputSample *sample = &out->samples[out->n++];
-            sample->group = group;
-            sample->timestamp_ms = timestamp_ms;
-            sample->value = live ? value : ep_stale_nan();
-            state->emitted_live = (uint8_t)live;
+            if (emit(view, group, view->flush_window, out) < 0) return -2;
+            window = &view->windows[view->flush_window];
         }
         view->flush_window++;
         view->flush_group = 0;

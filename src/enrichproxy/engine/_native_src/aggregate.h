@@ -69,6 +69,9 @@ typedef struct {
     uint8_t emitted_live;
     uint8_t used;
     uint8_t dirty; /* lost inputs in this sweep: compact ``inputs`` */
+    /* In the flush numbered flush_epoch, the closing windows before number flush_done (an
+     * index into View.windows) are summed for this group. */
+    uint32_t flush_epoch, flush_done;
 } Group;
 
 typedef struct {
@@ -78,6 +81,17 @@ typedef struct {
     uint64_t *bits; /* one bit per group id: already in ``groups`` */
     size_t bits_words;
 } OpenWindow;
+
+typedef struct {
+    int32_t group;
+    int64_t timestamp_ms;
+    double value;
+} OutputSample;
+
+typedef struct {
+    OutputSample *samples;
+    size_t n, cap;
+} Outputs;
 
 typedef struct {
     int64_t interval_ms, lateness_ms, stale_after_ms, retention_ms, idle_flush_ms, sweep_ms;
@@ -115,22 +129,14 @@ typedef struct {
      * first ``flush_closing`` of ``windows``; the cursor is a window and a group in it. */
     uint8_t flushing;
     size_t flush_closing, flush_window, flush_group;
+    uint32_t flush_epoch;
+    Outputs early; /* samples of groups summed ahead of the steps, for the next step */
 } View;
 
 /* The callback a view uses when an input leaves the input map (forgotten): the owner clears
  * its table entry's reference. */
 typedef void (*ForgetInput)(void *owner, const View *view, int32_t entry);
 
-typedef struct {
-    int32_t group;
-    int64_t timestamp_ms;
-    double value;
-} OutputSample;
-
-typedef struct {
-    OutputSample *samples;
-    size_t n, cap;
-} Outputs;
 
 
 View *view_new(int64_t interval_ms, int64_t lateness_ms, int64_t stale_after_ms,
@@ -152,10 +158,14 @@ int view_flush(View *view, int64_t now_ms, int final, Outputs *out, void *owner,
 /* A flush in steps. Begin decides which windows close (and sweeps inputs): from then on a
  * sample for them is late, exactly as after the whole flush. Each step settles up to
  * ``budget`` inputs (0: all) and appends their samples; 1 when the flush is done, 0 when
- * more steps follow, -2 on memory failure. Samples may be observed between two steps: they
- * only reach windows the flush does not close, so the result is the whole flush's. */
+ * more steps follow, -2 on memory failure. Samples may be observed and inputs attached
+ * between two steps: a group they touch is summed first, for every window the flush closes
+ * (view_flush_group_now), so that they count exactly as after the whole flush. */
 int view_flush_begin(View *view, int64_t now_ms, int final, void *owner, ForgetInput forget);
 int view_flush_step(View *view, size_t budget, Outputs *out);
+/* During a flush in steps: sum ``group`` now for the windows the flush closes (samples kept
+ * for the next step), before anything changes it. 0, or -2 on memory failure. */
+int view_flush_group_now(View *view, int32_t group);
 void view_mark_emitted_through(View *view, int64_t timestamp_ms);
 double input_contribution(const Input *input);
 
