@@ -118,6 +118,9 @@ async def test_small_writes_are_applied_between_the_steps_of_a_large_flush(
         sink.url,
         max_decoded_bytes="1GiB",
         views=[{"name": "ops", "keep": ["service", "endpoint"]}],  # 4,001 output series
+        # The huge request's series send nothing more: its window waits for them no longer
+        # than this much sample time.
+        aggregation={"idle_flush": "1s"},
     )
     client = await start_app(config, clients)
     await wait_until(lambda: is_ready(client))
