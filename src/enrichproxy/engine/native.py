@@ -52,6 +52,7 @@ from enrichproxy.engine.pipeline import (
     DROP_FUTURE,
     DROP_IN_NO_VIEW,
     DROP_INFINITE_COUNTER,
+    DROP_INPUT_SERIES_LIMIT,
     DROP_METADATA_MISSING,
     DROP_NAN,
     DROP_NATIVE_HISTOGRAM,
@@ -90,6 +91,7 @@ DROP_REASONS = (
     Skip.UNSUMMABLE.value,
     DROP_CARDINALITY_LIMIT,
     DROP_INFINITE_COUNTER,
+    DROP_INPUT_SERIES_LIMIT,
 )
 _REASON_NUMBER = {reason: number for number, reason in enumerate(DROP_REASONS)}
 NO_DEPENDENCY = -1
@@ -108,7 +110,7 @@ this many, signatures are hardly shared and templates only cost memory)."""
 # One key per process: nobody outside can predict which label sets collide in the tables.
 _native.seed(os.urandom(16))
 
-KindKey = tuple[tuple[int, ...], int, int, int]
+KindKey = tuple[tuple[int, ...], int, int, int, int]
 
 
 class Enrichment(NamedTuple):
@@ -172,6 +174,9 @@ class NativeEngine:
             limits.max_labels_per_series,
             limits.max_label_name_length,
             limits.max_label_value_length,
+        )
+        self._core.configure_input_limits(
+            limits.max_input_series, [view.max_input_series for view in planner.views]
         )
 
     # --- inputs to the cached decisions ---------------------------------------------------------
@@ -282,7 +287,7 @@ class NativeEngine:
                         if python_plans % PYTHON_PLANS_PER_STEP == 0:
                             yield
                 elif what == PLAN_ONE:
-                    self._plan(payload)
+                    self._plan(payload, request)
                     python_plans += 1
                     if python_plans % PYTHON_PLANS_PER_STEP == 0:
                         yield
@@ -301,7 +306,10 @@ class NativeEngine:
                 yield
 
     def _result(self, applied: Any, metadata: int, request: Any) -> IngestResult:
-        samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = applied
+        samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = applied[
+            :9
+        ]
+        limited, limited_seen = applied[9:]
         result = IngestResult(
             series=request.series_count,
             samples=samples,
@@ -322,6 +330,8 @@ class NativeEngine:
         for index, view in enumerate(views):
             if capped_seen >> index & 1:
                 result.view_dropped[view.name, DROP_CARDINALITY_LIMIT] += capped[index]
+            if limited_seen >> index & 1:
+                result.view_dropped[view.name, DROP_INPUT_SERIES_LIMIT] += limited[index]
         for index, view in enumerate(views):
             if late[index]:
                 result.view_dropped[view.name, "late"] = late[index]
@@ -329,8 +339,10 @@ class NativeEngine:
                 result.view_dropped[view.name, "out_of_order"] = ooo[index]
         return result
 
-    def _plan(self, label_bytes: bytes) -> None:
-        """The reference's Pipeline._plan, registering the result with the core."""
+    def _plan(self, label_bytes: bytes, request: _native.Request) -> None:
+        """The reference's Pipeline._plan, registering the result with the core (or, for a
+        series every view it belongs to refused for its ``max_input_series``, telling the core
+        to count it for ``request`` without caching it)."""
         planner = self.planner
         core = self._core
         labels = fast_decode_labels(label_bytes)
@@ -351,12 +363,15 @@ class NativeEngine:
             )
             return
         is_counter = planner.types.is_counter(metric_name)
-        feeds = capped = 0
+        feeds = capped = limited = 0
         unsummable = False
         for index, view in enumerate(planner.views):
             projected = view.view.project(enriched.labels)
             if isinstance(projected, Skip):
                 unsummable = unsummable or projected is Skip.UNSUMMABLE
+                continue
+            if not core.admits_input(index, label_bytes):
+                limited |= 1 << index
                 continue
             output = fast_encode_labels(projected)
             if not core.admits(index, output, view.max_series):
@@ -369,7 +384,12 @@ class NativeEngine:
             drop_reason = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
             if capped:
                 drop_reason = DROP_CARDINALITY_LIMIT
-        kind = self._kind(slots, enriched.conflicts, drop_reason, capped)
+            if limited:
+                drop_reason = DROP_INPUT_SERIES_LIMIT
+        kind = self._kind(slots, enriched.conflicts, drop_reason, capped, limited)
+        if limited and not feeds:
+            core.refuse(request, kind)
+            return
         core.set_plan(label_bytes, kind, feeds, dependencies)
 
     def _template(self, label_bytes: bytes) -> None:
@@ -459,9 +479,16 @@ class NativeEngine:
                 )
         return dependencies
 
-    def _kind(self, slots: tuple[int, ...], conflicts: int, drop_reason: str, capped: int) -> int:
+    def _kind(
+        self,
+        slots: tuple[int, ...],
+        conflicts: int,
+        drop_reason: str,
+        capped: int,
+        limited: int = 0,
+    ) -> int:
         # A plan that feeds a view has no drop reason; the core never reads it then.
-        key = (slots, conflicts, _REASON_NUMBER.get(drop_reason, 0), capped)
+        key = (slots, conflicts, _REASON_NUMBER.get(drop_reason, 0), capped, limited)
         kind = self._kinds.get(key)
         if kind is None:
             kind = self._kinds[key] = self._core.add_kind(*key)
@@ -660,13 +687,13 @@ class NativeEngine:
 
 def _add_tallies(total: list[Any], more: tuple[Any, ...]) -> list[Any]:
     """Two of core.apply's tallies as one (counts add up, bit sets join)."""
-    samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = more
-    total[0] += samples
-    total[1] += conflicts
-    for index, values in ((2, lookups), (3, dropped), (5, capped), (7, late), (8, ooo)):
-        total[index] = [a + b for a, b in zip(total[index], values, strict=True)]
-    total[4] |= dropped_seen
-    total[6] |= capped_seen
+    total[0] += more[0]  # samples
+    total[1] += more[1]  # conflicts
+    # lookups, dropped, capped, late, out_of_order, limited
+    for index in (2, 3, 5, 7, 8, 9):
+        total[index] = [a + b for a, b in zip(total[index], more[index], strict=True)]
+    for index in (4, 6, 10):  # the bit sets: dropped_seen, capped_seen, limited_seen
+        total[index] |= more[index]
     return total
 
 
