@@ -2,11 +2,11 @@
 
 Hypothesis writes random streams over a small world (a few pods, services and tiers, counters,
 gauges and histogram buckets, two views, one of them capped) with everything that makes the
-aggregation hard (and, in some runs, input-series limits, total and per view, small enough
-for the streams to meet them): resets, staleness markers, NaNs, late, reordered, duplicate and far-future
+aggregation hard: resets, staleness markers, NaNs, late, reordered, duplicate and far-future
 samples, series that appear and vanish, metadata that moves pods between services, metric
-types learnt late, flushes at any wall time, restarts from exported state and reloads. Both
-engines get the same stream; every ingest result, every output sample (value compared by its
+types learnt late, flushes at any wall time, restarts from exported state and reloads; in
+some runs, input-series limits (total, per view) small enough for the streams to meet them.
+Both engines get the same stream; every ingest result, every output sample (value compared by its
 bits) and the exported state must be identical.
 """
 

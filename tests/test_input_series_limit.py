@@ -14,9 +14,10 @@ import pytest
 from engines import new_engine
 from promtext import decoded_request, format_output, normalise
 
-from enrichproxy.config.schema import DEFAULT_MAX_INPUT_SERIES, Config, ConfigError, parse_config
+from enrichproxy.config.schema import DEFAULT_MAX_INPUT_SERIES, Config, parse_config
 from enrichproxy.engine.interface import ViewOutput
 from enrichproxy.engine.pipeline import DROP_INPUT_SERIES_LIMIT
+from enrichproxy.errors import ConfigError
 from enrichproxy.model import MetricMetadata, MetricType
 
 LIMIT = DROP_INPUT_SERIES_LIMIT

@@ -206,6 +206,7 @@ NO_LIMIT = 0
 # The one limit on by default, since it bounds memory rather than the shape of a request: the
 # distinct input series the proxy holds at once. Two million is where the series cache used to
 # start over (pipeline.MAX_CACHED_SERIES), about 650 MiB with the native engine and two views
+# when series share their pods, up to 4.5 GiB when each brings a new one
 # (docs/operations.md#sizing): far above a sidecar's working set, so only an explosion meets it,
 # and then memory stops growing instead of the process being OOM-killed with every
 # acknowledged sample it holds.
@@ -226,8 +227,8 @@ class LimitsConfig:
     """Distinct input series held at once (the series cache, 0: no limit). A new series over it
     is neither cached nor aggregated: its samples are dropped and counted
     (``input_series_limit``), never the whole request, so the series already held keep
-    flowing. Room comes back when inputs are forgotten (``aggregation.retention`` after they
-    went stale)."""
+    flowing. Room comes back when inputs are forgotten (``aggregation.retention`` after their
+    last sample)."""
 
     @property
     def checks_labels(self) -> bool:

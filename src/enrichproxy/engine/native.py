@@ -167,6 +167,9 @@ class NativeEngine:
         (again whenever the planner's limits are replaced)."""
         planner = self.planner
         limits = self._limits = planner.limits
+        # A template per signature: with new join keys (a pod per series) one per series, so
+        # they are bounded as the series are.
+        self._max_templates = min(MAX_TEMPLATES, limits.max_input_series or MAX_TEMPLATES)
         self._core.configure_templates(
             [name.encode() for name in sorted(self._signature)],
             [sorted(name.encode() for name in view.view.keep) for view in planner.views],
@@ -268,7 +271,7 @@ class NativeEngine:
         self.learn_types(metadata)
         if core.cached_series > MAX_CACHED_SERIES:
             self._forget_plans()
-        if core.templates > MAX_TEMPLATES:
+        if core.templates > self._max_templates:
             self._clear_templates()
         if self.planner.limits is not self._limits:
             self._configure_templates()
@@ -306,9 +309,9 @@ class NativeEngine:
                 yield
 
     def _result(self, applied: Any, metadata: int, request: Any) -> IngestResult:
-        samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = applied[
-            :9
-        ]
+        samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = (
+            applied[:9]
+        )
         limited, limited_seen = applied[9:]
         result = IngestResult(
             series=request.series_count,

@@ -1024,6 +1024,11 @@ static int ask_templates(Core *core, Request *request, size_t budget) {
         ref->entry = table_find(core, series_labels(batch, buf, ref), ref->labels_len, ref->hash);
         work--;
         if (series_planned(core, ref)) continue;
+        /* Over limits.max_input_series already (plans only grow until instantiation):
+         * instantiate refuses the series, so no template is made for it. */
+        if (core->max_inputs && (int64_t)core->nplans >= core->max_inputs &&
+            (ref->entry == NO_ID || !entry_has_inputs(core, ref->entry)))
+            continue;
         work -= ASK_COST - 1;
         int status = series_shape(t, series_labels(batch, buf, ref), ref->labels_len);
         if (status == -2) return -2;
