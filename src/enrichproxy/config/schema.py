@@ -284,6 +284,13 @@ class RemoteWriteConfig:
         return self.views is None or view in self.views
 
 
+# A request body not complete after this long is given up (408, connection closed): a stuck
+# sender must not hold a connection and its buffer for ever. Remote-write bodies are at most a
+# few megabytes; a sender that cannot deliver one in 30 s is broken. Prometheus' own
+# --web.read-timeout (5m) covers whole requests and idle connections, a coarser bound.
+DEFAULT_BODY_READ_TIMEOUT_MS = 30_000
+
+
 @dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:9201"
@@ -291,6 +298,8 @@ class Config:
     log_format: str = "logfmt"
     engine: str = "auto"
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    body_read_timeout_ms: int = DEFAULT_BODY_READ_TIMEOUT_MS
+    """How long a write's body may take to arrive once its headers have."""
     metadata: MetadataConfig = MetadataConfig()
     views: tuple[ViewConfig, ...] = ()
     aggregation: AggregationConfig = AggregationConfig()
@@ -1245,6 +1254,7 @@ def parse_config(data: Any) -> Config:
         "log_format",
         "engine",
         "max_decoded_bytes",
+        "body_read_timeout",
         "metadata",
         "views",
         "aggregation",
@@ -1262,6 +1272,9 @@ def parse_config(data: Any) -> Config:
         log_format=top.get("log_format", default.log_format, _choice(*LOG_FORMATS)),
         engine=top.get("engine", default.engine, _choice(*ENGINES)),
         max_decoded_bytes=top.get("max_decoded_bytes", default.max_decoded_bytes, _byte_size),
+        body_read_timeout_ms=top.get(
+            "body_read_timeout", default.body_read_timeout_ms, _positive_duration
+        ),
         metadata=_parse_metadata(top.data.get("metadata"), problems),
         views=_parse_views(top.data.get("views"), problems),
         aggregation=_parse_aggregation(top.data.get("aggregation"), problems),

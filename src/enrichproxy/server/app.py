@@ -78,10 +78,6 @@ FLUSH_TICK_SECONDS = 0.25
 # cancellation normally ends it within milliseconds; see stop_metadata for the exception.
 STORE_STOP_ATTEMPTS = 10
 STORE_STOP_WAIT_SECONDS = 0.5
-# A request body not complete after this long is given up (408, connection closed): a stuck
-# sender must not hold a connection and its buffer for ever. Remote-write bodies are at most
-# a few megabytes; a sender that cannot deliver them in this time is broken.
-BODY_READ_TIMEOUT_SECONDS = 30.0
 # Retry-After when the input log cannot be written: a full disk takes an operator, or the
 # queues draining, to heal; senders keep the data in their WAL meanwhile.
 DISK_RETRY_AFTER_SECONDS = 5
@@ -155,7 +151,7 @@ async def handle_write(request: web.Request) -> web.Response:
         raise Unavailable("metadata table not loaded yet", retry_after_seconds=5)
     if proxy.forwarder.full:
         raise Unavailable("forwarding queue full", retry_after_seconds=2)
-    body = await read_body(request)
+    body = await read_body(request, proxy.config.body_read_timeout_ms / 1000)
     telemetry = proxy.telemetry
     telemetry.received_bytes.inc(len(body))
     started = time.perf_counter()
@@ -179,14 +175,15 @@ async def handle_write(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole request body, within BODY_READ_TIMEOUT_SECONDS."""
+async def read_body(request: web.Request, timeout_seconds: float) -> bytes:
+    """The whole request body, within ``timeout_seconds`` (``body_read_timeout``): a sender
+    that stops sending must not hold its connection and buffer for ever."""
     try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT_SECONDS):
+        async with asyncio.timeout(timeout_seconds):
             return await request.read()
     except TimeoutError:
         raise RequestTimeout(
-            f"request body not received within {BODY_READ_TIMEOUT_SECONDS:.0f}s"
+            f"request body not received within {timeout_seconds:g}s (body_read_timeout)"
         ) from None
     except ConnectionResetError:
         raise ClientDisconnected("client closed the connection before its body was read") from None
