@@ -409,7 +409,7 @@ def start_metadata(
             gauge.set(state is follower.state)
         log.info("rule=%s metadata %s", follower.rule.name, follower.state.value)
 
-    store = MetadataStore(spec, on_update, on_failure, on_state)
+    store = MetadataStore(spec, on_update, on_failure, on_state, proxy.health)
     adopted = store.adopt(previous) if previous is not None else []
     proxy.store = store
 
