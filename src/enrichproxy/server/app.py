@@ -595,6 +595,8 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         """
         if store is not None:
             store.retry_marker()
+        if input_log is not None:
+            input_log.retry_create()
         if held:
             forward(proxy, held)
             held.clear()
