@@ -85,7 +85,7 @@ def fill_inodes(path: Path) -> list[Path]:
     """Take every free inode of the filesystem of ``path`` (empty files): on tmpfs, whose
     directories take no data blocks, that is what makes ``mkdir`` fail with ENOSPC, as a full
     ext4 or XFS does. The files, to free them."""
-    taken = []
+    taken: list[Path] = []
     for number in range(100_000):
         candidate = path / f"inode-{number}"
         try:
