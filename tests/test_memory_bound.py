@@ -146,6 +146,8 @@ def test_a_label_explosion_at_the_limit_keeps_rss_under_the_stated_bound(start_p
     send(proxy, range(1, FILL_WRITES))
     full = settled_rss(proxy)
     assert proxy.metric("enrichproxy_series_cache_entries") == LIMIT
+    assert proxy.metric("enrichproxy_input_series_limit") == LIMIT
+    assert proxy.metric("enrichproxy_aggregation_input_series_limit", view="business") == 0
     send(proxy, range(FILL_WRITES, FILL_WRITES + OVER_WRITES))
     after = settled_rss(proxy)
     refused = proxy.metric("enrichproxy_samples_dropped_total", reason="input_series_limit")

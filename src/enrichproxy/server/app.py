@@ -268,10 +268,13 @@ def refresh_gauges(proxy: Proxy) -> None:
     telemetry = proxy.telemetry
     stats = proxy.engine.stats()
     telemetry.series_cache_entries.set(stats.cached_series)
+    telemetry.input_series_limit.set(proxy.config.limits.max_input_series)
+    input_limits = {view.name: view.max_input_series for view in proxy.config.views}
     wall_ms = now_ms()
     for view in stats.views:
         telemetry.output_series.labels(view.name).set(view.output_series)
         telemetry.aggregation_inputs.labels(view.name).set(view.inputs)
+        telemetry.aggregation_input_limit.labels(view.name).set(input_limits.get(view.name, 0))
         telemetry.open_windows.labels(view.name).set(view.open_windows)
         if view.max_timestamp_ms > 0:
             lag = (wall_ms - view.max_timestamp_ms) / 1000
