@@ -353,17 +353,14 @@ class NativeEngine:
             check_labels(labels, planner.limits)
         enriched = planner.enrich(labels)
         slots = tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps))
-        dependencies = self._dependency_numbers(enriched.steps)
         if enriched.labels is None:
-            core.set_plan(
-                label_bytes, self._kind(slots, 0, DROP_METADATA_MISSING, 0), 0, dependencies
-            )
+            kind = self._kind(slots, 0, DROP_METADATA_MISSING, 0)
+            core.set_plan(label_bytes, kind, 0, self._dependency_numbers(enriched.steps))
             return
         metric_name = dict(enriched.labels).get(METRIC_NAME_LABEL)
         if not metric_name:
-            core.set_plan(
-                label_bytes, self._kind(slots, 0, DROP_NO_METRIC_NAME, 0), 0, dependencies
-            )
+            kind = self._kind(slots, 0, DROP_NO_METRIC_NAME, 0)
+            core.set_plan(label_bytes, kind, 0, self._dependency_numbers(enriched.steps))
             return
         is_counter = planner.types.is_counter(metric_name)
         feeds = capped = limited = 0
@@ -391,9 +388,10 @@ class NativeEngine:
                 drop_reason = DROP_INPUT_SERIES_LIMIT
         kind = self._kind(slots, enriched.conflicts, drop_reason, capped, limited)
         if limited and not feeds:
+            # Not cached: nothing of it is kept, its keys' numbers included.
             core.refuse(request, kind)
             return
-        core.set_plan(label_bytes, kind, feeds, dependencies)
+        core.set_plan(label_bytes, kind, feeds, self._dependency_numbers(enriched.steps))
 
     def _template(self, label_bytes: bytes) -> None:
         """The decisions for every series with the signature of ``label_bytes`` (which the core
