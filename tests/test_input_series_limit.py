@@ -8,12 +8,14 @@ held keep flowing, and inputs forgotten after ``retention`` make room again.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from engines import new_engine
 from promtext import decoded_request, format_output, normalise
 
+from enrichproxy.cli import main
 from enrichproxy.config.schema import DEFAULT_MAX_INPUT_SERIES, Config, parse_config
 from enrichproxy.engine.interface import ViewOutput
 from enrichproxy.engine.pipeline import DROP_INPUT_SERIES_LIMIT
@@ -196,3 +198,15 @@ def test_the_input_limit_counts_inputs_and_max_series_output_series() -> None:
     assert result.view_dropped == {("ops", LIMIT): 2}
     result = flow.apply(decoded_request('x_total{pod="9",service="t"} 1 @2000'), 2000)
     assert result.view_dropped == {("ops", LIMIT): 1}
+
+
+def test_check_prints_the_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "enrichproxy.yaml"
+    path.write_text(
+        "views: [{name: ops, keep: [service], max_input_series: 5000}, {name: all, keep: []}]\n"
+        "remote_write: [{url: 'http://127.0.0.1:1/api/v1/write'}]\n"
+        "limits: {max_input_series: 100000}\n"
+    )
+    assert main(["check", "--config", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "input series: at most 100000 (limits.max_input_series); per view: ops 5000" in printed
