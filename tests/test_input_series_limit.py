@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engines import new_engine
+from engines import engine_kind, new_engine
 from promtext import decoded_request, format_output, normalise
 
 from enrichproxy.cli import main
 from enrichproxy.config.schema import DEFAULT_MAX_INPUT_SERIES, Config, parse_config
+from enrichproxy.engine import native
 from enrichproxy.engine.interface import ViewOutput
 from enrichproxy.engine.pipeline import DROP_INPUT_SERIES_LIMIT
 from enrichproxy.errors import ConfigError
@@ -26,7 +27,10 @@ LIMIT = DROP_INPUT_SERIES_LIMIT
 
 
 def make_config(
-    views: list[dict[str, Any]] | None = None, total: int | None = None, **aggregation: str
+    views: list[dict[str, Any]] | None = None,
+    total: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    **aggregation: str,
 ) -> Config:
     data: dict[str, Any] = {
         "views": views or [{"name": "ops", "keep": ["service"]}],
@@ -35,6 +39,8 @@ def make_config(
     }
     if total is not None:
         data["limits"] = {"max_input_series": total}
+    if metadata is not None:
+        data["metadata"] = metadata
     return parse_config(data)
 
 
@@ -210,3 +216,32 @@ def test_check_prints_the_bound(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["check", "--config", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "input series: at most 100000 (limits.max_input_series); per view: ops 5000" in printed
+
+
+def test_series_a_view_refuses_leave_no_planner_state_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The native engine makes a template (and numbers the series' metadata keys) before the
+    views' limits refuse a series; neither may pile up while refused series keep coming."""
+    if engine_kind() != "native":
+        pytest.skip("the reference has no templates: a refused series leaves nothing there")
+    monkeypatch.setattr(native, "TEMPLATE_SLACK", 100)
+    monkeypatch.setattr(native, "DEPENDENCY_SLACK", 300)
+    flow = new_engine(
+        make_config(
+            [{"name": "ops", "keep": ["service"], "max_input_series": 10}],
+            metadata={"fields": ["tier"]},
+        )
+    )
+    assert isinstance(flow, native.NativeEngine)
+    for number in range(40):
+        timestamp = 1000 + number
+        first = number * 100
+        result = flow.apply(
+            decoded_request(scrape(range(first, first + 100), timestamp)), timestamp
+        )
+        if number:
+            assert result.dropped == {LIMIT: 100}
+        assert flow._core.templates <= 2 * flow.cached_series + 100 + 100  # one request's worth
+        assert len(flow._dependencies) <= 2 * flow.cached_series + 300 + 100
+    assert flow.stats().views[0].inputs == 10

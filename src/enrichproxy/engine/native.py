@@ -104,6 +104,13 @@ PLAN_SERIES_PER_STEP = 8_192
 APPLY_SERIES_PER_STEP = 32_768
 PYTHON_PLANS_PER_STEP = 128
 MAX_TEMPLATES = 1_000_000
+TEMPLATE_SLACK = 10_000
+DEPENDENCY_SLACK = 100_000
+"""Numbered metadata keys kept beyond two per cached series and rule before the cache starts
+over (which renumbers them): keys numbered for templates of series that were then refused (a
+view's ``max_input_series``) belong to no plan, and must not pile up either."""
+"""Templates kept beyond twice the cached series before they are all dropped: templates made for
+series a view's ``max_input_series`` refused serve no cached series, and must not pile up."""
 """Templates kept before they are all dropped (each is one distinct signature: when there are
 this many, signatures are hardly shared and templates only cost memory)."""
 
@@ -269,9 +276,11 @@ class NativeEngine:
         ]
         check_series_count(request.series_count, self.planner.limits)
         self.learn_types(metadata)
-        if core.cached_series > MAX_CACHED_SERIES:
+        if core.cached_series > MAX_CACHED_SERIES or len(self._dependencies) > (
+            2 * len(self.planner.rules) * core.cached_series + DEPENDENCY_SLACK
+        ):
             self._forget_plans()
-        if core.templates > self._max_templates:
+        if core.templates > min(self._max_templates, 2 * core.cached_series + TEMPLATE_SLACK):
             self._clear_templates()
         if self.planner.limits is not self._limits:
             self._configure_templates()
