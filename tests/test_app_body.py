@@ -16,7 +16,6 @@ from inprocess import config_for, metric, seed, start_app, wait_until
 from realparts import MongoServer
 from sinks import RecordingSink
 
-from enrichproxy.server import app as app_module
 from enrichproxy.server.app import PROXY, create_app
 from enrichproxy.server.telemetry import Telemetry
 
@@ -32,10 +31,14 @@ def head(port: int) -> bytes:
 
 
 async def ready_app(
-    mongo: MongoServer, database: str, sink: RecordingSink, clients: list[TestClient[Any, Any]]
+    mongo: MongoServer,
+    database: str,
+    sink: RecordingSink,
+    clients: list[TestClient[Any, Any]],
+    **sections: Any,
 ) -> TestClient[Any, Any]:
     await seed(mongo.uri, database, [{"pod": "a", "service": "checkout"}])
-    client = await start_app(config_for(mongo.uri, database, sink.url), clients)
+    client = await start_app(config_for(mongo.uri, database, sink.url, **sections), clients)
     await wait_until(lambda: metric(client, "enrichproxy_ready") == 1)
     return client
 
@@ -45,10 +48,8 @@ async def test_a_body_that_stops_arriving_is_given_up_with_408(
     mongo_db_name: str,
     sink: RecordingSink,
     clients: list[TestClient[Any, Any]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(app_module, "BODY_READ_TIMEOUT_SECONDS", 0.5)
-    client = await ready_app(mongo, mongo_db_name, sink, clients)
+    client = await ready_app(mongo, mongo_db_name, sink, clients, body_read_timeout="500ms")
     port = client.port
     assert port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -78,6 +78,7 @@ def test_minimal_configuration_takes_the_defaults() -> None:
     assert config.metadata == MetadataConfig()
     assert config.aggregation == AggregationConfig()
     assert config.max_decoded_bytes == DEFAULT_MAX_DECODED_BYTES
+    assert config.body_read_timeout_ms == 30_000
     assert config.listen == "127.0.0.1:9201"
     assert config.log_level == "info"
     assert config.engine == "auto"
@@ -95,6 +96,7 @@ listen: "[::1]:9300"
 log_level: debug
 engine: python
 max_decoded_bytes: 8MiB
+body_read_timeout: 10s
 shutdown_timeout: 1m
 metadata:
   mongodb_uri: mongodb+srv://db.example/
@@ -135,6 +137,7 @@ remote_write:
     assert config.log_level == "debug"
     assert config.engine == "python"
     assert config.max_decoded_bytes == 8 * 1024 * 1024
+    assert config.body_read_timeout_ms == 10_000
     assert config.shutdown_timeout_ms == 60_000
     assert config.metadata == MetadataConfig(
         mongodb_uri="mongodb+srv://db.example/",
@@ -198,6 +201,8 @@ def test_config_objects_are_frozen() -> None:
         (with_minimal("aggregation: {stale_after: 1.5m}"), "aggregation.stale_after: '1.5m'"),
         (with_minimal("metadata: {refresh_interval: 0s}"), "metadata.refresh_interval: must be"),
         (with_minimal("shutdown_timeout: soon"), "shutdown_timeout: 'soon' is not a duration"),
+        (with_minimal("body_read_timeout: 30"), "body_read_timeout: must be a duration"),
+        (with_minimal("body_read_timeout: 0s"), "body_read_timeout: must be greater"),
         (
             "views: [{name: a, keep: [], interval: 10}]\nremote_write: [{url: 'http://h/'}]",
             "views[0].interval: must be a duration",

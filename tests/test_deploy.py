@@ -882,6 +882,7 @@ def populate(telemetry: Telemetry, views: list[str], destination: str, rules: li
     t.exemplars_dropped.inc(1)
     t.label_conflicts.inc(1)
     t.series_cache_entries.set(74)
+    t.input_series_limit.set(2_000_000)
     for rule in rules:
         for result, count in (("hit", 60), ("miss", 2), ("no_key", 5)):
             t.lookups.labels(rule, result).inc(count)
@@ -898,6 +899,7 @@ def populate(telemetry: Telemetry, views: list[str], destination: str, rules: li
     for view in views:
         t.view_samples_dropped.labels(view, "late").inc(1)
         t.output_series.labels(view).set(12)
+        t.aggregation_input_limit.labels(view).set(0)
         t.aggregation_inputs.labels(view).set(74)
         t.open_windows.labels(view).set(2)
         t.aggregation_lag.labels(view).set(1.5)

@@ -242,3 +242,27 @@ def test_on_a_full_disk_an_existing_ack_is_rewritten_in_place(
     queue.ack(second)
     assert reports.errors == []
     assert [r.number for r in ShardQueue(tmp_path).unacknowledged()] == [2]
+
+
+def test_a_directory_the_start_cannot_make_is_reported_and_made_later(tmp_path: Path) -> None:
+    """A first start on a full disk: the queue starts empty instead of failing, reports the
+    failure (durability impaired), and every append or sync tries again."""
+    errors: list[tuple[str, str]] = []
+    health = DurabilityHealth(on_error=lambda file, op: errors.append((file, op)))
+    blocker = tmp_path / "state"
+    blocker.write_bytes(b"")  # a file where the queue's parent directory must go: mkdir fails
+    queue = ShardQueue(blocker / "queue", health)
+    assert health.impaired and errors == [("queue", "create")]
+    assert len(queue) == 0
+    with pytest.raises(OSError):
+        queue.append(b"body", 1)
+    with pytest.raises(OSError):
+        queue.sync()
+    queue.retry_create()
+    assert errors == [("queue", "create")] * 4
+    blocker.unlink()  # space comes back
+    queue.retry_create()
+    assert not health.impaired
+    assert queue.append(b"body", 1) == 0
+    queue.sync()
+    assert [record.body for record in ShardQueue(blocker / "queue").unacknowledged()] == [b"body"]

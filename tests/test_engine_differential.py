@@ -4,8 +4,9 @@ Hypothesis writes random streams over a small world (a few pods, services and ti
 gauges and histogram buckets, two views, one of them capped) with everything that makes the
 aggregation hard: resets, staleness markers, NaNs, late, reordered, duplicate and far-future
 samples, series that appear and vanish, metadata that moves pods between services, metric
-types learnt late, flushes at any wall time, restarts from exported state and reloads. Both
-engines get the same stream; every ingest result, every output sample (value compared by its
+types learnt late, flushes at any wall time, restarts from exported state and reloads; in
+some runs, input-series limits (total, per view) small enough for the streams to meet them.
+Both engines get the same stream; every ingest result, every output sample (value compared by its
 bits) and the exported state must be identical.
 """
 
@@ -36,14 +37,23 @@ START_MS = 1_700_000_000_000
 INTERVAL_MS = 10_000
 
 
+# (limits.max_input_series, the ops view's max_input_series): none, each alone, both.
+INPUT_LIMITS = [(0, 0), (12, 0), (0, 8), (20, 6)]
+
+
 def make_config(
-    business_keep: tuple[str, ...] = ("tier",), max_series: int = 3, on_missing: str = "keep"
+    business_keep: tuple[str, ...] = ("tier",),
+    max_series: int = 3,
+    on_missing: str = "keep",
+    input_limits: tuple[int, int] = (0, 0),
 ) -> Config:
+    total, ops_inputs = input_limits
     return parse_config(
         {
             "metadata": {"fields": ["service", "tier"], "on_missing": on_missing},
+            "limits": {"max_input_series": total},
             "views": [
-                {"name": "ops", "keep": ["service", "endpoint"]},
+                {"name": "ops", "keep": ["service", "endpoint"], "max_input_series": ops_inputs},
                 {"name": "biz", "keep": list(business_keep), "max_series": max_series},
             ],
             "aggregation": {
@@ -193,9 +203,10 @@ def outcome(call: Any) -> Any:
 class Twins:
     """Both engines, fed alike, compared after every step."""
 
-    def __init__(self, on_missing: str = "keep") -> None:
+    def __init__(self, on_missing: str = "keep", input_limits: tuple[int, int] = (0, 0)) -> None:
         self.on_missing = on_missing
-        self.config = make_config(on_missing=on_missing)
+        self.input_limits = input_limits
+        self.config = make_config(on_missing=on_missing, input_limits=input_limits)
         self.python: Engine = PythonEngine(self.config)
         self.native: Engine = NativeEngine(self.config)
         self.clock = START_MS
@@ -227,7 +238,9 @@ class Twins:
             self.python.mark_emitted_through(emitted)
             self.native.mark_emitted_through(emitted)
         else:
-            self.config = make_config(step.business_keep, step.max_series, self.on_missing)
+            self.config = make_config(
+                step.business_keep, step.max_series, self.on_missing, self.input_limits
+            )
             reference = self.python.reconfigure(self.config, self.clock)
             got = self.native.reconfigure(self.config, self.clock)
             assert bits(got.outputs) == bits(reference.outputs)
@@ -286,21 +299,28 @@ class Twins:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(st.lists(steps, min_size=1, max_size=30), st.sampled_from(["keep", "drop"]))
-def test_native_engine_matches_the_reference(stream: list[Step], on_missing: str) -> None:
-    twins = Twins(on_missing)
+@given(
+    st.lists(steps, min_size=1, max_size=30),
+    st.sampled_from(["keep", "drop"]),
+    st.sampled_from(INPUT_LIMITS),
+)
+def test_native_engine_matches_the_reference(
+    stream: list[Step], on_missing: str, input_limits: tuple[int, int]
+) -> None:
+    twins = Twins(on_missing, input_limits)
     for step in stream:
         twins.step(step)
     twins.step(Flush(100_000, True))
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(5))
 def test_long_streams_match(seed: int) -> None:
-    """Thousands of steps: state that only builds up over time (forgetting, caps, moves)."""
+    """Thousands of steps: state that only builds up over time (forgetting, caps, moves,
+    input-series limits reached and freed)."""
     import random
 
     rng = random.Random(seed)
-    twins = Twins("drop" if seed % 2 else "keep")
+    twins = Twins("drop" if seed % 2 else "keep", INPUT_LIMITS[seed % len(INPUT_LIMITS)])
 
     def push(number: int) -> Push:
         series = [

@@ -36,6 +36,7 @@ class Files:
     state: Path
     wal: Path
     queue: Path
+    snapshot: Path
 
     def segments(self, directory: Path) -> list[Path]:
         found = sorted(directory.glob("*.seg"))
@@ -97,6 +98,15 @@ def cut_checkpoint(files: Files) -> None:
     files.state.write_bytes(files.state.read_bytes()[:-20])
 
 
+def changed_snapshot(files: Files) -> None:
+    """A pod's service changed by hand (or by a bad disk): the checksum no longer fits, so the
+    start reads MongoDB instead of enriching with a table that may be wrong."""
+    data = files.snapshot.read_bytes()
+    header, _, payload = data.partition(b"\n")
+    assert b"checkout" in payload
+    files.snapshot.write_bytes(header + b"\n" + payload.replace(b"checkout", b"checkoux", 1))
+
+
 def bad_marker(files: Files) -> None:
     files.state.with_name(f"{files.state.name}.emitted").write_text('{"business": ')
 
@@ -140,6 +150,9 @@ CASES = {
     ),
     "checkpoint: a changed value": Case(changed_value, "checksum", {"checkpoint": 1}, {}),
     "checkpoint: cut": Case(cut_checkpoint, "corrupt checkpoint", {"checkpoint": 1}, {}),
+    "metadata snapshot: a changed value": Case(
+        changed_snapshot, "corrupt metadata_snapshot", {"metadata_snapshot": 1}, {}
+    ),
     "emitted marker: not JSON": Case(
         bad_marker, "corrupt emitted_marker", {"emitted_marker": 1}, {}, duplicates=True
     ),
@@ -174,9 +187,15 @@ def test_a_damaged_file_is_reported_set_aside_and_costs_no_acknowledged_total(
         state=tmp_path / "state" / "aggregation.json",
         wal=tmp_path / "state" / "aggregation.json.wal",
         queue=tmp_path / "queue" / "shard-0",
+        snapshot=tmp_path / "state" / "metadata.json",
     )
     config = {
-        "metadata": {"mongodb_uri": mongo.uri, "database": seeded, "refresh_interval": "1h"},
+        "metadata": {
+            "mongodb_uri": mongo.uri,
+            "database": seeded,
+            "refresh_interval": "1h",
+            "snapshot_path": str(files.snapshot),
+        },
         "views": [{"name": "business", "keep": ["service", "tier"]}],
         "aggregation": {
             "interval": "1s",

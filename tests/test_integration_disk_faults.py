@@ -42,14 +42,16 @@ WRITE_TIMEOUT_S = 5.0
 
 
 @contextlib.contextmanager
-def small_filesystem(path: Path) -> Iterator[Path]:
-    """A tmpfs of TMPFS_SIZE mounted at ``path`` for the test; skipped where mounting is not
-    allowed (not root, or a container without CAP_SYS_ADMIN)."""
+def small_filesystem(path: Path, inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of TMPFS_SIZE (and ``inodes`` files and directories at most) mounted at
+    ``path`` for the test; skipped where mounting is not allowed (not root, or a container
+    without CAP_SYS_ADMIN)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root: this machine runs the tests unprivileged")
     path.mkdir(parents=True)
+    options = f"size={TMPFS_SIZE}" + (f",nr_inodes={inodes}" if inodes else "")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
         capture_output=True,
         text=True,
         check=False,
@@ -77,6 +79,22 @@ def fill(path: Path) -> Path:
         for _ in range(64):  # the last partial page
             handle.write(b"\0" * 512)
     return filler
+
+
+def fill_inodes(path: Path) -> list[Path]:
+    """Take every free inode of the filesystem of ``path`` (empty files): on tmpfs, whose
+    directories take no data blocks, that is what makes ``mkdir`` fail with ENOSPC, as a full
+    ext4 or XFS does. The files, to free them."""
+    taken: list[Path] = []
+    for number in range(100_000):
+        candidate = path / f"inode-{number}"
+        try:
+            candidate.touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            return taken
+        taken.append(candidate)
+    raise AssertionError("the filesystem has more inodes than the test can take")
 
 
 def post(url: str, body: bytes) -> tuple[int, dict[str, str]]:
@@ -290,6 +308,50 @@ def test_a_full_disk_loses_no_acknowledged_sample_and_heals_by_itself(
             # A start needs free space; nothing must stay mounted with the proxy still on it.
             with contextlib.suppress(OSError):
                 (disk / "filler").unlink()
+
+
+def test_a_first_start_on_a_full_disk_serves_impaired_and_heals_by_itself(
+    tmp_path: Path, mongo: MongoServer, seeded: str, prometheus_receiver: PrometheusProcess
+) -> None:
+    """No state, input log or queue directory exists yet and the disk cannot take one: the
+    proxy starts all the same (a crash loop would help nobody), says durability is impaired,
+    refuses writes with 503 until the directories can be made, then carries on alone."""
+    with small_filesystem(tmp_path / "disk", inodes=256) as disk:
+        filler = fill(disk)
+        taken = fill_inodes(disk)
+        config = proxy_config(mongo, seeded, prometheus_receiver, disk / "state", disk / "queue")
+        proxy = ProxyProcess(tmp_path / "proxy", config)
+        proxy.start(wait_ready=False)
+        sender = Sender(proxy)
+        try:
+            assert proxy.get("/-/healthy")[0] == 200
+            wait_until(lambda: proxy.metric("enrichproxy_durability_impaired") == 1, 10, "impaired")
+            status, text = proxy.get("/-/ready")
+            assert status == 503 and "durability impaired" in text, text
+            during = sender.run(2)
+            assert set(during) == {503}, during
+            assert sender.retry_after == {"5"}
+            lines = proxy.log_lines("durability impaired")
+            assert lines and all("errno=28 (ENOSPC)" in line for line in lines), lines
+            assert any("create" in line for line in lines), lines
+            assert proxy.log_lines("Traceback") == []
+
+            filler.unlink()
+            for path in taken:
+                path.unlink()
+            wait_until(lambda: sender.write() == 204 and ready_status(proxy) == 200, 20, "ready")
+            assert proxy.metric("enrichproxy_durability_impaired") == 0
+            assert sender.run(3).get(204, 0) > 10
+            assert (disk / "queue").is_dir() and (disk / "state").is_dir()
+            delivered = sender.delivered(prometheus_receiver)
+            assert delivered == sender.expected
+            print(f"answers {sender.answers}; acknowledged {sender.expected}; {delivered=}")
+        finally:
+            proxy.stop()
+            with contextlib.suppress(OSError):
+                (disk / "filler").unlink()
+            for path in taken:
+                path.unlink(missing_ok=True)
 
 
 def test_a_full_queue_disk_holds_output_back_and_a_kill_then_loses_no_total(

@@ -33,6 +33,8 @@ from realparts import MongoProcess, MongoServer
 from sinks import RecordingSink
 
 from enrichproxy.config.schema import Config
+from enrichproxy.durability.state_store import unframe
+from enrichproxy.metadata.store import SNAPSHOT_KIND
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
 
 pytestmark = pytest.mark.integration
@@ -237,7 +239,7 @@ async def test_cold_start_with_mongodb_down_uses_the_snapshot(
     await wait_until(lambda: is_ready(first))
     await wait_until(snapshot.exists, timeout=10)
     await first.close()
-    saved = json.loads(snapshot.read_text())
+    saved = json.loads(unframe(SNAPSHOT_KIND, snapshot.read_bytes()))  # checksum checked
     assert saved["rules"][0]["entries"] == [[["a"], {"service": "s1"}]]
 
     await asyncio.to_thread(mongo_process.stop)

@@ -22,12 +22,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("enrichproxy.config",),
     ("enrichproxy.metadata.table",),
     ("enrichproxy.engine",),
+    # Durable files (framing, checksums, damage reports, disk faults): every shell that keeps
+    # something on disk builds on it, the metadata snapshot included.
+    ("enrichproxy.durability",),
     # The shells around the engine. The forwarder sends with the credentials, TLS contexts and
     # metrics the server receives with, so those three server modules sit below it; the app
     # that wires everything together sits above.
     (
         "enrichproxy.metadata",
-        "enrichproxy.durability",
         "enrichproxy.server.auth",
         "enrichproxy.server.tls",
         "enrichproxy.server.telemetry",

@@ -1,12 +1,15 @@
 """The metadata snapshot file's content: every rule's table out, and back only for the same rules.
 
-Only the pure halves (``snapshot_document``, ``read_snapshot``); writing and reading the file
-around MongoDB outages is in tests/test_integration_metadata.py.
+The pure halves (``snapshot_document``, ``read_snapshot``), and the file's header (format,
+checksum) with what a damaged file does; writing and reading the file around MongoDB outages
+is in tests/test_integration_metadata.py, a damaged one at a real start in
+tests/test_integration_corruption.py.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,8 +17,11 @@ from typing import Any
 import pytest
 
 from enrichproxy.config.schema import EnrichRule, MetadataConfig
+from enrichproxy.durability.health import Damage, DurabilityHealth
+from enrichproxy.durability.state_store import frame
 from enrichproxy.metadata.store import (
     SNAPSHOT_FORMAT,
+    SNAPSHOT_KIND,
     MetadataStore,
     read_snapshot,
     snapshot_document,
@@ -147,3 +153,123 @@ async def test_a_malformed_snapshot_is_ignored_not_fatal(tmp_path: Path) -> None
         assert not store.loaded
     finally:
         await store.close()
+
+
+# --- the file: format version and checksum ------------------------------------------------------
+
+
+class Reports:
+    """DurabilityHealth's damage callback, recorded."""
+
+    def __init__(self) -> None:
+        self.damage: list[Damage] = []
+
+
+def store_for(path: Path, reports: Reports) -> MetadataStore:
+    spec = MetadataConfig(
+        snapshot_path=str(path),
+        mongodb_uri="mongodb://127.0.0.1:9/",
+        rules=(PODS, OWNERS),
+    )
+    health = DurabilityHealth(on_damage=reports.damage.append)
+    return MetadataStore(spec, lambda update: None, lambda follower, exc: None, health=health)
+
+
+def write_tables(store: MetadataStore) -> None:
+    for follower, table in zip(store.followers, TABLES, strict=True):
+        follower.table = table
+    store.write_snapshot()
+
+
+async def test_the_file_carries_its_format_and_checksum_and_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    reports = Reports()
+    store = store_for(path, reports)
+    try:
+        write_tables(store)
+        header = path.read_bytes().partition(b"\n")[0].decode()
+        kind, version, checksum, length = header.split(" ")
+        assert (kind, version) == ("enrichproxy-metadata-snapshot", "2")
+        assert len(checksum) == 8 and int(length) > 0
+        fresh = store_for(path, reports)
+        try:
+            assert fresh.restore_snapshot() is True
+            assert [f.table.entries for f in fresh.followers if f.table] == [
+                t.entries for t in TABLES
+            ]
+        finally:
+            await fresh.close()
+        assert reports.damage == []
+    finally:
+        await store.close()
+
+
+async def test_a_snapshot_of_the_format_before_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(saved(), separators=(",", ":")))  # JSON alone, no header
+    reports = Reports()
+    store = store_for(path, reports)
+    try:
+        assert store.restore_snapshot() is True
+        assert reports.damage == []
+    finally:
+        await store.close()
+
+
+def flip_a_value(path: Path) -> None:
+    data = path.read_bytes()
+    header, _, payload = data.partition(b"\n")
+    path.write_bytes(header + b"\n" + payload.replace(b"checkout", b"checkour", 1))
+
+
+def cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def not_json(path: Path) -> None:
+    path.write_bytes(b'{"format": ')  # an old-format file cut short
+
+
+def wrong_structure(path: Path) -> None:
+    document = saved()
+    document["rules"][0]["entries"] = 5
+    path.write_bytes(frame(SNAPSHOT_KIND, json.dumps(document).encode()))  # a right checksum
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (flip_a_value, "checksum mismatch"),
+        (cut, "length"),
+        (not_json, "not JSON"),
+        (wrong_structure, "malformed"),
+    ],
+)
+async def test_a_damaged_snapshot_is_reported_once_moved_aside_and_not_used(
+    tmp_path: Path, damage: Any, what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "snapshot.json"
+    reports = Reports()
+    writer = store_for(path, reports)
+    try:
+        write_tables(writer)
+    finally:
+        await writer.close()
+    damage(path)
+    size = path.stat().st_size
+    store = store_for(path, reports)
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert store.restore_snapshot() is False
+        assert not store.loaded  # the tables will come from MongoDB
+    finally:
+        await store.close()
+    [report] = reports.damage
+    assert report.file == "metadata_snapshot"
+    assert what in report.what
+    assert report.bytes_lost == size
+    assert not path.exists()
+    assert report.moved_to is not None and report.moved_to.exists()  # kept, not deleted
+    assert report.moved_to.name.startswith("snapshot.json.corrupt-")
+    lines = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
+    assert len(lines) == 1 and "corrupt metadata_snapshot" in lines[0], lines

@@ -98,12 +98,15 @@ print("decoder: ok")
 
 
 # --- the engine ---
-def make_config(keep=("tier",), max_series=3, on_missing="keep"):
+def make_config(keep=("tier",), max_series=3, on_missing="keep", inputs=(25, 12)):
+    # inputs: limits.max_input_series and the ops view's max_input_series, small enough for
+    # the 70 series of the stream to meet them (refused series, refusals between steps).
     return parse_config(
         {
             "metadata": {"fields": ["service", "tier"], "on_missing": on_missing},
+            "limits": {"max_input_series": inputs[0]},
             "views": [
-                {"name": "ops", "keep": ["service", "endpoint"]},
+                {"name": "ops", "keep": ["service", "endpoint"], "max_input_series": inputs[1]},
                 {"name": "biz", "keep": list(keep), "max_series": max_series},
             ],
             "aggregation": {
@@ -209,6 +212,7 @@ for step in range(2500):
             rng.choice([("tier",), ("service",), ("tier", "endpoint")]),
             rng.choice([0, 2, 3]),
             rng.choice(["keep", "drop"]),
+            rng.choice([(0, 0), (25, 12), (40, 0), (0, 6)]),
         )
         result = engine.reconfigure(config, clock)
         emitted += sum(len(out.samples) for out in result.outputs)

@@ -105,6 +105,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: OK ({len(config.views)} views: {views}; "
         f"{len(config.remote_write)} destinations)"
     )
+    # The memory bound, as the operator sizes it (docs/operations.md#sizing).
+    total = config.limits.max_input_series
+    per_view = ", ".join(
+        f"{v.name} {v.max_input_series}" for v in config.views if v.max_input_series
+    )
+    print(
+        f"input series: at most {total if total else 'unlimited'} (limits.max_input_series)"
+        + (f"; per view: {per_view}" if per_view else "")
+    )
     return EXIT_OK
 
 

@@ -112,6 +112,13 @@ class ViewConfig:
     """Cardinality guard: output series this view may have at most (0: no cap). Over it, input
     series that would make a new output series are left out of the view and counted; the
     existing output series keep flowing."""
+    max_input_series: int = 0
+    """Input series this view's aggregation may track at most (0: no limit beyond
+    ``limits.max_input_series``). ``max_series`` bounds what the view writes; this bounds the
+    state feeding it, which is what grows with a label explosion that keeps the output labels
+    (a new ``pod`` value per request). Over it, new inputs are left out of the view and
+    counted; the inputs it tracks keep flowing, and inputs forgotten after ``retention`` make
+    room."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,14 @@ class ClientTLSConfig:
 # label_name_length_limit, label_value_length_limit) also default to none: a proxy that starts
 # refusing data after an upgrade would lose it, so each limit is opt-in.
 NO_LIMIT = 0
+# The one limit on by default, since it bounds memory rather than the shape of a request: the
+# distinct input series the proxy holds at once. Two million is where the series cache used to
+# start over (pipeline.MAX_CACHED_SERIES), about 650 MiB with the native engine and two views
+# when series share their pods, up to 4.5 GiB when each brings a new one
+# (docs/operations.md#sizing): far above a sidecar's working set, so only an explosion meets it,
+# and then memory stops growing instead of the process being OOM-killed with every
+# acknowledged sample it holds.
+DEFAULT_MAX_INPUT_SERIES = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -208,6 +223,12 @@ class LimitsConfig:
     """In bytes (UTF-8), as Prometheus counts them."""
     max_label_value_length: int = NO_LIMIT
     """In bytes (UTF-8)."""
+    max_input_series: int = DEFAULT_MAX_INPUT_SERIES
+    """Distinct input series held at once (the series cache, 0: no limit). A new series over it
+    is neither cached nor aggregated: its samples are dropped and counted
+    (``input_series_limit``), never the whole request, so the series already held keep
+    flowing. Room comes back when inputs are forgotten (``aggregation.retention`` after their
+    last sample)."""
 
     @property
     def checks_labels(self) -> bool:
@@ -263,6 +284,13 @@ class RemoteWriteConfig:
         return self.views is None or view in self.views
 
 
+# A request body not complete after this long is given up (408, connection closed): a stuck
+# sender must not hold a connection and its buffer for ever. Remote-write bodies are at most a
+# few megabytes; a sender that cannot deliver one in 30 s is broken. Prometheus' own
+# --web.read-timeout (5m) covers whole requests and idle connections, a coarser bound.
+DEFAULT_BODY_READ_TIMEOUT_MS = 30_000
+
+
 @dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:9201"
@@ -270,6 +298,8 @@ class Config:
     log_format: str = "logfmt"
     engine: str = "auto"
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    body_read_timeout_ms: int = DEFAULT_BODY_READ_TIMEOUT_MS
+    """How long a write's body may take to arrive once its headers have."""
     metadata: MetadataConfig = MetadataConfig()
     views: tuple[ViewConfig, ...] = ()
     aggregation: AggregationConfig = AggregationConfig()
@@ -641,7 +671,10 @@ def _parse_views(data: Any, problems: _Problems) -> tuple[ViewConfig, ...]:
     for index, item in enumerate(data):
         path = f"views[{index}]"
         section = _Section(
-            item, path, problems, {"name", "keep", "match", "interval", "max_series"}
+            item,
+            path,
+            problems,
+            {"name", "keep", "match", "interval", "max_series", "max_input_series"},
         )
         name = section.get("name", "", _label_value_name)
         if not name:
@@ -668,6 +701,7 @@ def _parse_views(data: Any, problems: _Problems) -> tuple[ViewConfig, ...]:
                 match=section.get("match", None, _selector),
                 interval_ms=section.get("interval", None, _positive_duration),
                 max_series=section.get("max_series", 0, _non_negative_int),
+                max_input_series=section.get("max_input_series", 0, _non_negative_int),
             )
         )
     if not data:
@@ -1163,6 +1197,7 @@ def _parse_limits(data: Any, problems: _Problems) -> LimitsConfig:
         "max_labels_per_series",
         "max_label_name_length",
         "max_label_value_length",
+        "max_input_series",
     }
     section = _Section(data, "limits", problems, known)
     default = LimitsConfig()
@@ -1178,6 +1213,9 @@ def _parse_limits(data: Any, problems: _Problems) -> LimitsConfig:
         ),
         max_label_value_length=section.get(
             "max_label_value_length", default.max_label_value_length, _non_negative_int
+        ),
+        max_input_series=section.get(
+            "max_input_series", default.max_input_series, _non_negative_int
         ),
     )
 
@@ -1216,6 +1254,7 @@ def parse_config(data: Any) -> Config:
         "log_format",
         "engine",
         "max_decoded_bytes",
+        "body_read_timeout",
         "metadata",
         "views",
         "aggregation",
@@ -1233,6 +1272,9 @@ def parse_config(data: Any) -> Config:
         log_format=top.get("log_format", default.log_format, _choice(*LOG_FORMATS)),
         engine=top.get("engine", default.engine, _choice(*ENGINES)),
         max_decoded_bytes=top.get("max_decoded_bytes", default.max_decoded_bytes, _byte_size),
+        body_read_timeout_ms=top.get(
+            "body_read_timeout", default.body_read_timeout_ms, _positive_duration
+        ),
         metadata=_parse_metadata(top.data.get("metadata"), problems),
         views=_parse_views(top.data.get("views"), problems),
         aggregation=_parse_aggregation(top.data.get("aggregation"), problems),

@@ -133,7 +133,13 @@ class ShardQueue:
         self.directory = directory
         self._health = health or DurabilityHealth()
         self._file = file
-        directory.mkdir(parents=True, exist_ok=True)
+        self._created = False
+        # A first start on a full disk cannot make the directory. That must not stop the
+        # start (a crash loop helps nobody): the failure is reported (durability impaired:
+        # writes 503, /-/ready failing), the queue starts empty, and every append and sync
+        # tries again, so it heals by itself when space returns.
+        with contextlib.suppress(OSError):
+            self._ensure_directory()
         self._segments: deque[_Segment] = deque()
         self._pending: deque[_Entry] = deque()
         """Records not yet acknowledged, oldest first (positions only: bodies stay on disk)."""
@@ -154,6 +160,25 @@ class ShardQueue:
         self._open_segments()
 
     # --- startup ----------------------------------------------------------------------------
+
+    def _ensure_directory(self) -> None:
+        """Make the queue's directory if it is not made yet; OSError (reported) if the disk
+        refuses."""
+        if self._created:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._health.failed(self._file, "create", self.directory, exc)
+            raise
+        self._created = True
+        self._health.recovered(self._file, "create", self.directory)
+
+    def retry_create(self) -> None:
+        """Try again to make a directory the start could not (a no-op once it exists): for
+        owners with no append or sync due, so that durability is restored without a write."""
+        with contextlib.suppress(OSError):
+            self._ensure_directory()
 
     def _report(self, damage: Damage) -> None:
         self.damage.append(damage)
@@ -345,6 +370,7 @@ class ShardQueue:
 
     def append(self, body: bytes, samples: int) -> int:
         """Append a record; its number. On OSError nothing was appended (rolled back)."""
+        self._ensure_directory()
         self._repair()
         number = self.next_number
         segment = self._segments[-1] if self._segments else None
@@ -459,6 +485,7 @@ class ShardQueue:
     def sync(self) -> None:
         """fsync what was appended since the last sync, in this thread; OSError if it failed
         (reported, and tried again at the next sync)."""
+        self._ensure_directory()
         paths = self.take_unsynced()
         try:
             fsync_paths(paths, self.directory)

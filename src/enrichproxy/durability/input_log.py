@@ -61,6 +61,10 @@ class InputLog:
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    def retry_create(self) -> None:
+        """Make the log's directory if the start could not (see ShardQueue.retry_create)."""
+        self._queue.retry_create()
+
     @property
     def next_number(self) -> int:
         """The number the next appended record gets."""

@@ -318,6 +318,12 @@ class ViewAggregator:
         self.forgotten_groups = 0
         """Groups forgotten (no input left): room under ``max_series`` for new ones."""
 
+    def admits_input(self, input_key: bytes, max_inputs: int) -> bool:
+        """Whether the input ``input_key`` may feed this view: one it tracks always, a new one
+        only while it tracks fewer than ``max_inputs`` (0: no limit). Asked before ``attach``,
+        so a refused input leaves no state behind."""
+        return not max_inputs or len(self.inputs) < max_inputs or input_key in self.inputs
+
     def admits(self, output_labels: Labels, max_series: int) -> bool:
         """Whether ``attach`` to the group of ``output_labels`` keeps the view within
         ``max_series`` groups (0: no cap).

@@ -173,10 +173,10 @@ class Engine(Protocol):
         close and must come between whole requests (no ingest under way), as a flush; from then
         on their samples are late. Between two later steps the caller may ingest requests (in
         steps too) and change tables: a group they touch is summed first for every window this
-        flush closes, so outputs and state are those of the whole flush followed by them. Nothing else may run
-        between two steps (no other flush, reconfigure, export or restore of state). A flush
-        whose steps were left unfinished is finished by the next ``flush`` or ``flush_steps``,
-        whose outputs then include its samples: none is lost."""
+        flush closes, so outputs and state are those of the whole flush followed by them.
+        Nothing else may run between two steps (no other flush, reconfigure, export or restore
+        of state). A flush whose steps were left unfinished is finished by the next ``flush``
+        or ``flush_steps``, whose outputs then include its samples: none is lost."""
         ...
 
     def encode_output(self, samples: Sequence[OutputSample]) -> bytes:

@@ -54,6 +54,7 @@ from enrichproxy.engine.pipeline import (
     DROP_FUTURE,
     DROP_IN_NO_VIEW,
     DROP_INFINITE_COUNTER,
+    DROP_INPUT_SERIES_LIMIT,
     DROP_METADATA_MISSING,
     DROP_NAN,
     DROP_NATIVE_HISTOGRAM,
@@ -92,6 +93,7 @@ DROP_REASONS = (
     Skip.UNSUMMABLE.value,
     DROP_CARDINALITY_LIMIT,
     DROP_INFINITE_COUNTER,
+    DROP_INPUT_SERIES_LIMIT,
 )
 _REASON_NUMBER = {reason: number for number, reason in enumerate(DROP_REASONS)}
 NO_DEPENDENCY = -1
@@ -104,13 +106,20 @@ PLAN_SERIES_PER_STEP = 8_192
 APPLY_SERIES_PER_STEP = 8_192
 PYTHON_PLANS_PER_STEP = 128
 MAX_TEMPLATES = 1_000_000
+TEMPLATE_SLACK = 10_000
+DEPENDENCY_SLACK = 100_000
+"""Numbered metadata keys kept beyond two per cached series and rule before the cache starts
+over (which renumbers them): keys numbered for templates of series that were then refused (a
+view's ``max_input_series``) belong to no plan, and must not pile up either."""
+"""Templates kept beyond twice the cached series before they are all dropped: templates made for
+series a view's ``max_input_series`` refused serve no cached series, and must not pile up."""
 """Templates kept before they are all dropped (each is one distinct signature: when there are
 this many, signatures are hardly shared and templates only cost memory)."""
 
 # One key per process: nobody outside can predict which label sets collide in the tables.
 _native.seed(os.urandom(16))
 
-KindKey = tuple[tuple[int, ...], int, int, int]
+KindKey = tuple[tuple[int, ...], int, int, int, int]
 
 
 class Enrichment(NamedTuple):
@@ -186,6 +195,9 @@ class NativeEngine:
         (again whenever the planner's limits are replaced)."""
         planner = self.planner
         limits = self._limits = planner.limits
+        # A template per signature: with new join keys (a pod per series) one per series, so
+        # they are bounded as the series are.
+        self._max_templates = min(MAX_TEMPLATES, limits.max_input_series or MAX_TEMPLATES)
         self._core.configure_templates(
             [name.encode() for name in sorted(self._signature)],
             [sorted(name.encode() for name in view.view.keep) for view in planner.views],
@@ -193,6 +205,9 @@ class NativeEngine:
             limits.max_labels_per_series,
             limits.max_label_name_length,
             limits.max_label_value_length,
+        )
+        self._core.configure_input_limits(
+            limits.max_input_series, [view.max_input_series for view in planner.views]
         )
 
     # --- inputs to the cached decisions ---------------------------------------------------------
@@ -282,9 +297,11 @@ class NativeEngine:
         ]
         check_series_count(request.series_count, self.planner.limits)
         self.learn_types(metadata)
-        if core.cached_series > MAX_CACHED_SERIES:
+        if core.cached_series > MAX_CACHED_SERIES or len(self._dependencies) > (
+            2 * len(self.planner.rules) * core.cached_series + DEPENDENCY_SLACK
+        ):
             self._forget_plans()
-        if core.templates > MAX_TEMPLATES:
+        if core.templates > min(self._max_templates, 2 * core.cached_series + TEMPLATE_SLACK):
             self._clear_templates()
         if self.planner.limits is not self._limits:
             self._configure_templates()
@@ -303,7 +320,7 @@ class NativeEngine:
                         if python_plans % PYTHON_PLANS_PER_STEP == 0:
                             yield
                 elif what == PLAN_ONE:
-                    self._plan(payload)
+                    self._plan(payload, request)
                     python_plans += 1
                     if python_plans % PYTHON_PLANS_PER_STEP == 0:
                         yield
@@ -322,7 +339,10 @@ class NativeEngine:
                 yield
 
     def _result(self, applied: Any, metadata: int, request: Any) -> IngestResult:
-        samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = applied
+        samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = (
+            applied[:9]
+        )
+        limited, limited_seen = applied[9:]
         result = IngestResult(
             series=request.series_count,
             samples=samples,
@@ -343,6 +363,8 @@ class NativeEngine:
         for index, view in enumerate(views):
             if capped_seen >> index & 1:
                 result.view_dropped[view.name, DROP_CARDINALITY_LIMIT] += capped[index]
+            if limited_seen >> index & 1:
+                result.view_dropped[view.name, DROP_INPUT_SERIES_LIMIT] += limited[index]
         for index, view in enumerate(views):
             if late[index]:
                 result.view_dropped[view.name, "late"] = late[index]
@@ -350,8 +372,10 @@ class NativeEngine:
                 result.view_dropped[view.name, "out_of_order"] = ooo[index]
         return result
 
-    def _plan(self, label_bytes: bytes) -> None:
-        """The reference's Pipeline._plan, registering the result with the core."""
+    def _plan(self, label_bytes: bytes, request: _native.Request) -> None:
+        """The reference's Pipeline._plan, registering the result with the core (or, for a
+        series every view it belongs to refused for its ``max_input_series``, telling the core
+        to count it for ``request`` without caching it)."""
         planner = self.planner
         core = self._core
         labels = fast_decode_labels(label_bytes)
@@ -359,25 +383,25 @@ class NativeEngine:
             check_labels(labels, planner.limits)
         enriched = planner.enrich(labels)
         slots = tuple(index * 3 + step.lookup for index, step in enumerate(enriched.steps))
-        dependencies = self._dependency_numbers(enriched.steps)
         if enriched.labels is None:
-            core.set_plan(
-                label_bytes, self._kind(slots, 0, DROP_METADATA_MISSING, 0), 0, dependencies
-            )
+            kind = self._kind(slots, 0, DROP_METADATA_MISSING, 0)
+            core.set_plan(label_bytes, kind, 0, self._dependency_numbers(enriched.steps))
             return
         metric_name = dict(enriched.labels).get(METRIC_NAME_LABEL)
         if not metric_name:
-            core.set_plan(
-                label_bytes, self._kind(slots, 0, DROP_NO_METRIC_NAME, 0), 0, dependencies
-            )
+            kind = self._kind(slots, 0, DROP_NO_METRIC_NAME, 0)
+            core.set_plan(label_bytes, kind, 0, self._dependency_numbers(enriched.steps))
             return
         is_counter = planner.types.is_counter(metric_name)
-        feeds = capped = 0
+        feeds = capped = limited = 0
         unsummable = False
         for index, view in enumerate(planner.views):
             projected = view.view.project(enriched.labels)
             if isinstance(projected, Skip):
                 unsummable = unsummable or projected is Skip.UNSUMMABLE
+                continue
+            if not core.admits_input(index, label_bytes):
+                limited |= 1 << index
                 continue
             output = fast_encode_labels(projected)
             if not core.admits(index, output, view.max_series):
@@ -390,8 +414,14 @@ class NativeEngine:
             drop_reason = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
             if capped:
                 drop_reason = DROP_CARDINALITY_LIMIT
-        kind = self._kind(slots, enriched.conflicts, drop_reason, capped)
-        core.set_plan(label_bytes, kind, feeds, dependencies)
+            if limited:
+                drop_reason = DROP_INPUT_SERIES_LIMIT
+        kind = self._kind(slots, enriched.conflicts, drop_reason, capped, limited)
+        if limited and not feeds:
+            # Not cached: nothing of it is kept, its keys' numbers included.
+            core.refuse(request, kind)
+            return
+        core.set_plan(label_bytes, kind, feeds, self._dependency_numbers(enriched.steps))
 
     def _template(self, label_bytes: bytes) -> None:
         """The decisions for every series with the signature of ``label_bytes`` (which the core
@@ -480,9 +510,16 @@ class NativeEngine:
                 )
         return dependencies
 
-    def _kind(self, slots: tuple[int, ...], conflicts: int, drop_reason: str, capped: int) -> int:
+    def _kind(
+        self,
+        slots: tuple[int, ...],
+        conflicts: int,
+        drop_reason: str,
+        capped: int,
+        limited: int = 0,
+    ) -> int:
         # A plan that feeds a view has no drop reason; the core never reads it then.
-        key = (slots, conflicts, _REASON_NUMBER.get(drop_reason, 0), capped)
+        key = (slots, conflicts, _REASON_NUMBER.get(drop_reason, 0), capped, limited)
         kind = self._kinds.get(key)
         if kind is None:
             kind = self._kinds[key] = self._core.add_kind(*key)
@@ -710,13 +747,13 @@ class NativeEngine:
 
 def _add_tallies(total: list[Any], more: tuple[Any, ...]) -> list[Any]:
     """Two of core.apply's tallies as one (counts add up, bit sets join)."""
-    samples, conflicts, lookups, dropped, dropped_seen, capped, capped_seen, late, ooo = more
-    total[0] += samples
-    total[1] += conflicts
-    for index, values in ((2, lookups), (3, dropped), (5, capped), (7, late), (8, ooo)):
-        total[index] = [a + b for a, b in zip(total[index], values, strict=True)]
-    total[4] |= dropped_seen
-    total[6] |= capped_seen
+    total[0] += more[0]  # samples
+    total[1] += more[1]  # conflicts
+    # lookups, dropped, capped, late, out_of_order, limited
+    for index in (2, 3, 5, 7, 8, 9):
+        total[index] = [a + b for a, b in zip(total[index], more[index], strict=True)]
+    for index in (4, 6, 10):  # the bit sets: dropped_seen, capped_seen, limited_seen
+        total[index] |= more[index]
     return total
 
 

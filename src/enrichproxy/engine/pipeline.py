@@ -76,6 +76,9 @@ DROP_NATIVE_HISTOGRAM = "native_histogram"
 # Also a per-view reason (enrichproxy_view_samples_dropped_total): a view's max_series refused
 # the new output series this input would have made.
 DROP_CARDINALITY_LIMIT = "cardinality_limit"
+# Whole samples and per view: the series would have been a new input over
+# limits.max_input_series (total) or the view's max_input_series.
+DROP_INPUT_SERIES_LIMIT = "input_series_limit"
 
 
 class SeriesPlan(NamedTuple):
@@ -94,6 +97,12 @@ class SeriesPlan(NamedTuple):
     no longer looks up does not work it out again."""
     capped_views: tuple[int, ...] = ()
     """Indices of the views whose ``max_series`` left the series out (cardinality guard)."""
+    limited_views: tuple[int, ...] = ()
+    """Indices of the views whose ``max_input_series`` left the series out."""
+
+
+# A new series over limits.max_input_series: not enriched, not cached, its samples dropped.
+REFUSED_PLAN = SeriesPlan((), (), DROP_INPUT_SERIES_LIMIT, 0)
 
 
 @dataclass(frozen=True)
@@ -224,10 +233,16 @@ class Pipeline:
         if len(plans) > MAX_CACHED_SERIES:
             self._forget_plans()
         resolved = []
+        max_inputs = self.planner.limits.max_input_series
         for raw in series_list:
             plan = plans.get(raw.label_bytes)
             if plan is None:
-                plan = self._plan(raw.label_bytes)
+                if max_inputs and len(plans) >= max_inputs and not self._held(raw.label_bytes):
+                    # Checked before anything else, so an explosion over the limit costs one
+                    # lookup per series: its labels are not even decoded.
+                    plan = REFUSED_PLAN
+                else:
+                    plan = self._plan(raw.label_bytes)
             resolved.append(plan)
         aggregators = [view.aggregator for view in self.views]
         before = [(a.late_samples, a.out_of_order_samples) for a in aggregators]
@@ -247,6 +262,11 @@ class Pipeline:
             if plan.capped_views:
                 for index in plan.capped_views:
                     result.view_dropped[self.views[index].name, DROP_CARDINALITY_LIMIT] += len(
+                        raw_samples
+                    )
+            if plan.limited_views:
+                for index in plan.limited_views:
+                    result.view_dropped[self.views[index].name, DROP_INPUT_SERIES_LIMIT] += len(
                         raw_samples
                     )
             inputs = plan.inputs
@@ -288,7 +308,15 @@ class Pipeline:
                 )
         return result
 
+    def _held(self, label_bytes: bytes) -> bool:
+        """Some view tracks this series already (its plan was forgotten, its input was not):
+        planning it again makes nothing new, so no input limit refuses it."""
+        return any(label_bytes in view.aggregator.inputs for view in self.views)
+
     def _plan(self, label_bytes: bytes) -> SeriesPlan:
+        """Work out what the series' samples do, and cache it; a series every view it belongs
+        to refused for its ``max_input_series`` is not cached (the cache must not grow with an
+        explosion), so it is worked out again when it comes back."""
         planner = self.planner
         labels = decode_labels(label_bytes)
         if planner.limits.checks_labels:
@@ -299,8 +327,6 @@ class Pipeline:
         keys = tuple(
             (index, step.key) for index, step in enumerate(enriched.steps) if step.key is not None
         )
-        for dependency in keys:
-            self._dependents.setdefault(dependency, set()).add(label_bytes)
         if enriched.labels is None:
             plan = SeriesPlan(slots, (), DROP_METADATA_MISSING, 0, keys)
             return self._remember(label_bytes, plan)
@@ -311,28 +337,44 @@ class Pipeline:
         inputs: list[InputSeries] = []
         skips: list[Skip] = []
         capped: list[int] = []
+        limited: list[int] = []
         for index, view in enumerate(self.views):
             projected = view.plan.view.project(enriched.labels)
+            aggregator = view.aggregator
             if isinstance(projected, Skip):
                 skips.append(projected)
-            elif not view.aggregator.admits(projected, view.plan.max_series):
+            elif not aggregator.admits_input(label_bytes, view.plan.max_input_series):
+                limited.append(index)
+            elif not aggregator.admits(projected, view.plan.max_series):
                 capped.append(index)
             else:
-                inputs.append(view.aggregator.attach(label_bytes, projected, is_counter))
+                inputs.append(aggregator.attach(label_bytes, projected, is_counter))
         drop_reason = ""
         if not inputs:
             unsummable = Skip.UNSUMMABLE in skips
             drop_reason = Skip.UNSUMMABLE.value if unsummable else DROP_IN_NO_VIEW
             if capped:
                 drop_reason = DROP_CARDINALITY_LIMIT
+            if limited:
+                drop_reason = DROP_INPUT_SERIES_LIMIT
+        plan = SeriesPlan(
+            slots,
+            tuple(inputs),
+            drop_reason,
+            enriched.conflicts,
+            keys,
+            tuple(capped),
+            tuple(limited),
+        )
+        if limited and not inputs:
+            return plan
         if capped:
             self._capped.add(label_bytes)
-        plan = SeriesPlan(
-            slots, tuple(inputs), drop_reason, enriched.conflicts, keys, tuple(capped)
-        )
         return self._remember(label_bytes, plan)
 
     def _remember(self, label_bytes: bytes, plan: SeriesPlan) -> SeriesPlan:
+        for dependency in plan.dependencies:
+            self._dependents.setdefault(dependency, set()).add(label_bytes)
         self._plans[label_bytes] = plan
         return plan
 

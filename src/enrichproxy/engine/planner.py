@@ -32,6 +32,9 @@ class ViewPlan:
     max_series: int
     """Its cardinality cap (0: none). The caller's, not an aggregation setting: changing it
     does not restart the view."""
+    max_input_series: int = 0
+    """The input series its aggregation may track (0: no limit of its own); as ``max_series``,
+    not an aggregation setting."""
 
     @property
     def name(self) -> str:
@@ -59,6 +62,7 @@ class Planner:
                     idle_flush_ms=aggregation.idle_flush_ms,
                 ),
                 view.max_series,
+                view.max_input_series,
             )
             for view in config.views
         )

@@ -15,7 +15,12 @@ motor. Per rule, one task owns that rule's table and is the only writer of it:
 
 A failed read keeps the last good table. With ``snapshot_path`` the tables are written
 atomically after changes (at most every few seconds) and read back at start, so enrichproxy can
-serve when MongoDB is down at start; such a table is marked stale until MongoDB answers.
+serve when MongoDB is down at start; such a table is marked stale until MongoDB answers. The
+file starts with the header line of every durable file (durability/state_store.py: format,
+CRC32 and length of the JSON after it): a snapshot that is changed, cut or not JSON is reported
+once (``DurabilityHealth.corrupted``: a log line and a counter), moved aside, and the start goes
+on with MongoDB's data, never with wrong enrichment. A snapshot of the format before (the JSON
+alone) is still read.
 """
 
 from __future__ import annotations
@@ -26,17 +31,20 @@ import enum
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
 from enrichproxy.config.schema import EnrichRule, MetadataConfig
+from enrichproxy.durability.files import move_aside, mtime_text, write_atomically
+from enrichproxy.durability.health import Damage, DurabilityHealth
+from enrichproxy.durability.state_store import CorruptFile, frame, unframe
 from enrichproxy.errors import EnrichproxyError
 from enrichproxy.metadata.table import (
     DUPLICATE_KEY,
@@ -64,6 +72,9 @@ MAX_LOGGED_REJECTIONS = 10
 CHANGE_STREAMS_UNSUPPORTED = 40573
 CHANGE_STREAM_HISTORY_LOST = (136, 280, 286)
 SNAPSHOT_FORMAT = "enrichproxy-metadata-snapshot/1"
+# The kind in the snapshot's header line, and the ``file`` label of its damage reports.
+SNAPSHOT_KIND = "metadata-snapshot"
+SNAPSHOT_FILE = "metadata_snapshot"
 
 
 class MetadataUnavailable(EnrichproxyError):
@@ -300,8 +311,11 @@ class MetadataStore:
         on_update: Handler,
         on_failure: Callable[[RuleFollower, MetadataUnavailable], None],
         on_state: Callable[[RuleFollower], None] = lambda follower: None,
+        health: DurabilityHealth | None = None,
     ) -> None:
         self.spec = spec
+        self.health = health if health is not None else DurabilityHealth()
+        """Where a damaged snapshot is reported (the server's, which counts it)."""
         self.on_update = on_update
         self.on_failure = on_failure
         self.on_state = on_state
@@ -378,22 +392,33 @@ class MetadataStore:
     # --- snapshot ---------------------------------------------------------------------------
 
     def restore_snapshot(self) -> bool:
-        """Load the tables of the snapshot file, where it matches the configured rules."""
+        """Load the tables of the snapshot file, where it matches the configured rules.
+
+        A damaged file is reported, moved aside and ignored: the tables then come from MongoDB
+        (writes wait for them), which is better than enriching with a table that may be wrong.
+        """
         path = self.spec.snapshot_path
         if not path:
             return False
         try:
-            with open(path, encoding="utf-8") as handle:
-                document = json.load(handle)
+            with open(path, "rb") as handle:
+                data = handle.read()
         except FileNotFoundError:
             return False
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             log.error("metadata snapshot %s unreadable, ignored: %s", path, exc)
             return False
         try:
+            document = json.loads(unframe(SNAPSHOT_KIND, data))
             tables = read_snapshot(document, [f.rule for f in self.followers])
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            log.error("metadata snapshot %s malformed, ignored: %s", path, exc)
+        except CorruptFile as exc:
+            self._snapshot_damaged(Path(path), str(exc), len(data))
+            return False
+        except ValueError as exc:  # not JSON, or not UTF-8
+            self._snapshot_damaged(Path(path), f"not JSON: {exc}", len(data))
+            return False
+        except (AttributeError, KeyError, TypeError) as exc:
+            self._snapshot_damaged(Path(path), f"malformed: {exc!r}", len(data))
             return False
         if tables is None:
             log.warning("metadata snapshot %s does not match the configured rules, ignored", path)
@@ -406,27 +431,33 @@ class MetadataStore:
         )
         return True
 
+    def _snapshot_damaged(self, path: Path, what: str, size: int) -> None:
+        written = mtime_text(path)
+        self.health.corrupted(
+            Damage(
+                file=SNAPSHOT_FILE,
+                path=path,
+                what=what,
+                records_lost=None,
+                bytes_lost=size,
+                moved_to=move_aside(path),
+                time_range=f"before {written}" if written else "",
+                consequence="the tables are read from MongoDB (writes wait for them)",
+            )
+        )
+
     def write_snapshot(self) -> None:
-        """Write every rule's table atomically (temporary file, fsync, rename)."""
+        """Write every rule's table atomically (temporary file, fsync, rename; a failed write
+        leaves no partial file), behind a header line with its format and checksum."""
         path = self.spec.snapshot_path
         if not path or not all(f.table is not None for f in self.followers):
             return
         document = snapshot_document(
             [(f.rule, f.table) for f in self.followers if f.table is not None]
         )
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=directory, prefix=".snapshot-", delete=False
-        ) as handle:
-            try:
-                json.dump(document, handle, separators=(",", ":"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            except OSError:
-                os.unlink(handle.name)  # a full disk is not filled further by retries
-                raise
-        os.replace(handle.name, path)
+        payload = json.dumps(document, separators=(",", ":")).encode()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_atomically(Path(path), frame(SNAPSHOT_KIND, payload))
 
     async def _write_snapshots(self) -> None:
         """Write the snapshot when a table changed; a failed write is tried again every

@@ -81,10 +81,6 @@ FLUSH_TICK_SECONDS = 0.25
 # cancellation normally ends it within milliseconds; see stop_metadata for the exception.
 STORE_STOP_ATTEMPTS = 10
 STORE_STOP_WAIT_SECONDS = 0.5
-# A request body not complete after this long is given up (408, connection closed): a stuck
-# sender must not hold a connection and its buffer for ever. Remote-write bodies are at most
-# a few megabytes; a sender that cannot deliver them in this time is broken.
-BODY_READ_TIMEOUT_SECONDS = 30.0
 # Retry-After when the input log cannot be written: a full disk takes an operator, or the
 # queues draining, to heal; senders keep the data in their WAL meanwhile.
 DISK_RETRY_AFTER_SECONDS = 5
@@ -158,7 +154,7 @@ async def handle_write(request: web.Request) -> web.Response:
         raise Unavailable("metadata table not loaded yet", retry_after_seconds=5)
     if proxy.forwarder.full:
         raise Unavailable("forwarding queue full", retry_after_seconds=2)
-    body = await read_body(request)
+    body = await read_body(request, proxy.config.body_read_timeout_ms / 1000)
     telemetry = proxy.telemetry
     telemetry.received_bytes.inc(len(body))
     started = time.perf_counter()
@@ -182,14 +178,15 @@ async def handle_write(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole request body, within BODY_READ_TIMEOUT_SECONDS."""
+async def read_body(request: web.Request, timeout_seconds: float) -> bytes:
+    """The whole request body, within ``timeout_seconds`` (``body_read_timeout``): a sender
+    that stops sending must not hold its connection and buffer for ever."""
     try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT_SECONDS):
+        async with asyncio.timeout(timeout_seconds):
             return await request.read()
     except TimeoutError:
         raise RequestTimeout(
-            f"request body not received within {BODY_READ_TIMEOUT_SECONDS:.0f}s"
+            f"request body not received within {timeout_seconds:g}s (body_read_timeout)"
         ) from None
     except ConnectionResetError:
         raise ClientDisconnected("client closed the connection before its body was read") from None
@@ -274,10 +271,13 @@ def refresh_gauges(proxy: Proxy) -> None:
     telemetry = proxy.telemetry
     stats = proxy.engine.stats()
     telemetry.series_cache_entries.set(stats.cached_series)
+    telemetry.input_series_limit.set(proxy.config.limits.max_input_series)
+    input_limits = {view.name: view.max_input_series for view in proxy.config.views}
     wall_ms = now_ms()
     for view in stats.views:
         telemetry.output_series.labels(view.name).set(view.output_series)
         telemetry.aggregation_inputs.labels(view.name).set(view.inputs)
+        telemetry.aggregation_input_limit.labels(view.name).set(input_limits.get(view.name, 0))
         telemetry.open_windows.labels(view.name).set(view.open_windows)
         if view.max_timestamp_ms > 0:
             lag = (wall_ms - view.max_timestamp_ms) / 1000
@@ -415,7 +415,7 @@ def start_metadata(
             gauge.set(state is follower.state)
         log.info("rule=%s metadata %s", follower.rule.name, follower.state.value)
 
-    store = MetadataStore(spec, on_update, on_failure, on_state)
+    store = MetadataStore(spec, on_update, on_failure, on_state, proxy.health)
     adopted = store.adopt(previous) if previous is not None else []
     proxy.store = store
 
@@ -626,6 +626,8 @@ async def flusher_ctx(app: web.Application) -> AsyncIterator[None]:
         """
         if store is not None:
             store.retry_marker()
+        if input_log is not None:
+            input_log.retry_create()
         if held:
             forward(proxy, held)
             held.clear()

@@ -125,6 +125,11 @@ class Telemetry:
             "Distinct input series whose enrichment and routing are cached.",
             registry=r,
         )
+        self.input_series_limit = Gauge(
+            "enrichproxy_input_series_limit",
+            "limits.max_input_series: the input series held at most (0: no limit).",
+            registry=r,
+        )
         self.metadata_documents = Gauge(
             "enrichproxy_metadata_table_documents",
             "Entries in the metadata table in use, per rule.",
@@ -192,6 +197,12 @@ class Telemetry:
         self.aggregation_inputs = Gauge(
             "enrichproxy_aggregation_input_series",
             "Input series tracked by each view's aggregation.",
+            ["view"],
+            registry=r,
+        )
+        self.aggregation_input_limit = Gauge(
+            "enrichproxy_aggregation_input_series_limit",
+            "The view's max_input_series: the inputs it tracks at most (0: no limit).",
             ["view"],
             registry=r,
         )
@@ -410,6 +421,7 @@ class Telemetry:
         for gauge in (
             self.output_series,
             self.aggregation_inputs,
+            self.aggregation_input_limit,
             self.open_windows,
             self.aggregation_lag,
         ):

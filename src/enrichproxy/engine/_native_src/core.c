@@ -23,16 +23,28 @@
 
 #define MAX_VIEWS 32
 #define NO_PLAN (-1)
+/* SeriesRef.entry of a series an input-series limit refused: it has no entry (it is not
+ * cached), and the request's refused_kind says how its samples are counted. */
+#define REFUSED_ENTRY (-3)
+/* refused_kind of a series over the total limit: dropped whole, nothing else counted. */
+#define REFUSED_NO_KIND (-1)
 
 /* Drop reasons, numbered as enrichproxy.engine.native.DROP_REASONS lists them. */
-enum { DROP_FUTURE = 3, DROP_NAN = 4, DROP_INFINITE_COUNTER = 8, DROP_REASONS = 9 };
+enum {
+    DROP_FUTURE = 3,
+    DROP_NAN = 4,
+    DROP_INFINITE_COUNTER = 8,
+    DROP_INPUT_SERIES_LIMIT = 9,
+    DROP_REASONS = 10
+};
 
 typedef struct {
     int32_t *slots;
     uint32_t nslots;
     int32_t conflicts;
     int32_t drop_reason;
-    uint32_t capped; /* bit v: view v's cap left the series out */
+    uint32_t capped;  /* bit v: view v's cap left the series out */
+    uint32_t limited; /* bit v: view v's max_input_series left the series out */
 } Kind;
 
 typedef struct {
@@ -59,6 +71,8 @@ typedef struct {
     int busy;       /* an apply runs without the GIL */
     Templates templates;
     int64_t view_caps[MAX_VIEWS]; /* max_series per view, 0: none */
+    int64_t max_inputs;                 /* limits.max_input_series: plans at most, 0: none */
+    int64_t view_input_caps[MAX_VIEWS]; /* max_input_series per view, 0: none */
     Atoms atoms;                  /* the label fields of every entry's key */
     uint8_t *key_scratch;         /* one key's bytes, written out */
     size_t key_scratch_cap;
@@ -80,6 +94,9 @@ typedef struct {
     size_t plan_from;
     uint64_t plan_epoch, plan_generation;
     int plan_phase;
+    /* Per series refused by an input-series limit (SeriesRef.entry REFUSED_ENTRY): the kind
+     * its samples are counted by, or REFUSED_NO_KIND. Allocated at the first refusal. */
+    int32_t *refused_kind;
 } Request;
 
 enum { PHASE_NONE = 0, PHASE_ASK = 1, PHASE_INSTANTIATE = 2 };
@@ -318,8 +335,9 @@ static int Core_init(Core *core, PyObject *args, PyObject *kwargs) {
 static PyObject *Core_add_kind(Core *core, PyObject *args) {
     PyObject *slots;
     int conflicts, drop_reason;
-    unsigned int capped;
-    if (!PyArg_ParseTuple(args, "OiiI", &slots, &conflicts, &drop_reason, &capped)) return NULL;
+    unsigned int capped, limited = 0;
+    if (!PyArg_ParseTuple(args, "OiiI|I", &slots, &conflicts, &drop_reason, &capped, &limited))
+        return NULL;
     if (drop_reason < 0 || drop_reason >= DROP_REASONS) {
         PyErr_SetString(PyExc_ValueError, "unknown drop reason");
         return NULL;
@@ -351,6 +369,7 @@ static PyObject *Core_add_kind(Core *core, PyObject *args) {
     kind->conflicts = conflicts;
     kind->drop_reason = drop_reason;
     kind->capped = capped;
+    kind->limited = limited;
     return PyLong_FromSize_t(core->nkinds++);
 }
 
@@ -394,6 +413,51 @@ static PyObject *Core_admits(Core *core, PyObject *args) {
     uint64_t hash = ep_hash((const uint8_t *)labels, (size_t)len);
     return PyBool_FromLong(view_admits(core->views[view], (const uint8_t *)labels, (size_t)len,
                                        hash, max_series));
+}
+
+/* Whether view ``view`` may take the input ``key``: one it tracks always, a new one only while
+ * it tracks fewer than its max_input_series (configure_input_limits). */
+static int view_admits_input(const Core *core, int view, int32_t entry) {
+    int64_t cap = core->view_input_caps[view];
+    return !cap || (int64_t)core->views[view]->live_inputs < cap ||
+           (entry != NO_ID && core->entry_inputs[(size_t)entry * core->nviews + view] != NO_ID);
+}
+
+static PyObject *Core_admits_input(Core *core, PyObject *args) {
+    int view;
+    const char *key;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "iy#", &view, &key, &len)) return NULL;
+    if (check_view(core, view) < 0) return NULL;
+    return PyBool_FromLong(view_admits_input(core, view, entry_for(core, key, len, 0)));
+}
+
+/* configure_input_limits(total, per_view): limits.max_input_series and each view's
+ * max_input_series, 0 for none. */
+static PyObject *Core_configure_input_limits(Core *core, PyObject *args) {
+    long long total;
+    PyObject *caps;
+    if (!PyArg_ParseTuple(args, "LO", &total, &caps)) return NULL;
+    PyObject *sequence = PySequence_Fast(caps, "caps must be a sequence");
+    if (sequence == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(sequence) != core->nviews || total < 0) {
+        Py_DECREF(sequence);
+        PyErr_SetString(PyExc_ValueError, "a total of 0 or more and one cap per view");
+        return NULL;
+    }
+    int64_t values[MAX_VIEWS];
+    for (int v = 0; v < core->nviews; v++) {
+        long long cap = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sequence, v));
+        if (cap == -1 && PyErr_Occurred()) {
+            Py_DECREF(sequence);
+            return NULL;
+        }
+        values[v] = cap;
+    }
+    Py_DECREF(sequence);
+    core->max_inputs = total;
+    for (int v = 0; v < core->nviews; v++) core->view_input_caps[v] = values[v];
+    Py_RETURN_NONE;
 }
 
 static PyObject *Core_set_plan(Core *core, PyObject *args) {
@@ -452,8 +516,15 @@ static PyObject *Core_received(Core *core, PyObject *arg) {
 
 static PyObject *Core_forget_plans(Core *core, PyObject *Py_UNUSED(ignored)) {
     if (check_idle(core) < 0) return NULL;
-    for (size_t i = 0; i < core->entries_len; i++)
-        if (entry_used(core, i)) entry_forget_plan(core, (int32_t)i);
+    for (size_t i = 0; i < core->entries_len; i++) {
+        if (!entry_used(core, i)) continue;
+        /* An entry whose plan went earlier and whose inputs a flush has just forgotten holds
+         * nothing any more: it goes too (else it would read as a series a view tracks). */
+        if (core->entries[i].kind == NO_PLAN && !entry_has_inputs(core, (int32_t)i))
+            table_remove(core, (int32_t)i);
+        else
+            entry_forget_plan(core, (int32_t)i);
+    }
     Py_RETURN_NONE;
 }
 
@@ -524,6 +595,7 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
     request->buffer = NULL;
     request->template_of = NULL;
     request->asked = NULL;
+    request->refused_kind = NULL;
     memset(&request->batch, 0, sizeof request->batch);
     if (PyObject_GetBuffer(arg, &request->view, PyBUF_SIMPLE) < 0) {
         Py_DECREF(request);
@@ -564,7 +636,22 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
 }
 
 static int series_planned(const Core *core, const SeriesRef *ref) {
-    return ref->entry != NO_ID && core->entries[ref->entry].kind != NO_PLAN;
+    return ref->entry == REFUSED_ENTRY ||
+           (ref->entry >= 0 && core->entries[ref->entry].kind != NO_PLAN);
+}
+
+/* Series ``i`` of the request is refused by an input-series limit: not cached, its samples
+ * counted by ``kind`` (REFUSED_NO_KIND: all dropped as input_series_limit). 0, or -2 out of
+ * memory. */
+static int refuse_series(Request *request, size_t i, int32_t kind) {
+    if (request->refused_kind == NULL) {
+        size_t n = request->batch.nseries;
+        request->refused_kind = malloc((n ? n : 1) * sizeof(int32_t));
+        if (request->refused_kind == NULL) return -2;
+    }
+    request->refused_kind[i] = kind;
+    request->batch.series[i].entry = REFUSED_ENTRY;
+    return 0;
 }
 
 /* Find the series start..stop of the request in the table (the request's own resolved flag is
@@ -585,18 +672,35 @@ typedef struct {
     uint32_t dropped_seen; /* bit r: a series counted into reason r (even zero samples) */
     int64_t capped[MAX_VIEWS];
     uint32_t capped_seen;
+    int64_t limited[MAX_VIEWS];
+    uint32_t limited_seen;
 } Tally;
 
-static void apply_series(Core *core, const Batch *batch, size_t start, size_t stop,
-                         int64_t *lookups, Tally *tally, int64_t future_limit) {
+static void apply_series(Core *core, const Batch *batch, const int32_t *refused_kind,
+                         size_t start, size_t stop, int64_t *lookups, Tally *tally,
+                         int64_t future_limit) {
     int nviews = core->nviews;
     for (size_t i = start; i < stop; i++) {
         const SeriesRef *ref = &batch->series[i];
-        const Entry *entry = &core->entries[ref->entry];
-        const Kind *kind = &core->kinds[entry->kind];
+        int64_t count = ref->samples;
+        const Kind *kind;
+        uint32_t feeds;
+        if (ref->entry == REFUSED_ENTRY) {
+            if (refused_kind[i] == REFUSED_NO_KIND) {
+                tally->samples += count;
+                tally->dropped[DROP_INPUT_SERIES_LIMIT] += count;
+                tally->dropped_seen |= 1u << DROP_INPUT_SERIES_LIMIT;
+                continue;
+            }
+            kind = &core->kinds[refused_kind[i]];
+            feeds = 0;
+        } else {
+            const Entry *entry = &core->entries[ref->entry];
+            kind = &core->kinds[entry->kind];
+            feeds = entry->feeds;
+        }
         for (uint32_t s = 0; s < kind->nslots; s++) lookups[kind->slots[s]]++;
         tally->conflicts += kind->conflicts;
-        int64_t count = ref->samples;
         tally->samples += count;
         if (kind->capped) {
             for (int v = 0; v < nviews; v++) {
@@ -606,7 +710,14 @@ static void apply_series(Core *core, const Batch *batch, size_t start, size_t st
                 }
             }
         }
-        uint32_t feeds = entry->feeds;
+        if (kind->limited) {
+            for (int v = 0; v < nviews; v++) {
+                if (kind->limited >> v & 1) {
+                    tally->limited[v] += count;
+                    tally->limited_seen |= 1u << v;
+                }
+            }
+        }
         if (!feeds) {
             tally->dropped[kind->drop_reason] += count;
             tally->dropped_seen |= 1u << kind->drop_reason;
@@ -660,7 +771,7 @@ static PyObject *int64_list(const int64_t *values, size_t n) {
  * start..stop (all by default), which must all be planned. Returns None when one is not (a plan
  * was forgotten since: plan them and call again; nothing was applied), else
  * (samples, conflicts, lookups[3*rules], dropped[reasons], dropped_seen, capped[views],
- * capped_seen, late[views], out_of_order[views]). */
+ * capped_seen, late[views], out_of_order[views], limited[views], limited_seen). */
 static PyObject *Core_apply(Core *core, PyObject *args) {
     PyObject *arg;
     long long future_limit;
@@ -696,7 +807,8 @@ static PyObject *Core_apply(Core *core, PyObject *args) {
     }
     core->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    apply_series(core, &request->batch, (size_t)start, (size_t)stop, lookups, &tally, future_limit);
+    apply_series(core, &request->batch, request->refused_kind, (size_t)start, (size_t)stop,
+                 lookups, &tally, future_limit);
     Py_END_ALLOW_THREADS
     core->busy = 0;
     for (int v = 0; v < core->nviews; v++) {
@@ -704,11 +816,12 @@ static PyObject *Core_apply(Core *core, PyObject *args) {
         ooo[v] = core->views[v]->out_of_order_samples - ooo_before[v];
     }
     PyObject *result = Py_BuildValue(
-        "LLNNINkNN", (long long)tally.samples, (long long)tally.conflicts,
+        "LLNNINkNNNk", (long long)tally.samples, (long long)tally.conflicts,
         int64_list(lookups, nlookups), int64_list(tally.dropped, DROP_REASONS),
         (unsigned int)tally.dropped_seen, int64_list(tally.capped, (size_t)core->nviews),
         (unsigned long)tally.capped_seen, int64_list(late, (size_t)core->nviews),
-        int64_list(ooo, (size_t)core->nviews));
+        int64_list(ooo, (size_t)core->nviews), int64_list(tally.limited, (size_t)core->nviews),
+        (unsigned long)tally.limited_seen);
     free(lookups);
     return result;
 }
@@ -911,6 +1024,11 @@ static int ask_templates(Core *core, Request *request, size_t budget) {
         ref->entry = table_find(core, series_labels(batch, buf, ref), ref->labels_len, ref->hash);
         work--;
         if (series_planned(core, ref)) continue;
+        /* Over limits.max_input_series already (plans only grow until instantiation):
+         * instantiate refuses the series, so no template is made for it. */
+        if (core->max_inputs && (int64_t)core->nplans >= core->max_inputs &&
+            (ref->entry == NO_ID || !entry_has_inputs(core, ref->entry)))
+            continue;
         work -= ASK_COST - 1;
         int status = series_shape(t, series_labels(batch, buf, ref), ref->labels_len);
         if (status == -2) return -2;
@@ -955,6 +1073,14 @@ static Py_ssize_t instantiate(Core *core, Request *request, size_t budget) {
             ref->entry = found; /* the same series earlier in this request */
             continue;
         }
+        /* limits.max_input_series, before anything of the series is worked out: a new series
+         * (one no view tracks either) over it is refused at the cost of this lookup. */
+        if (core->max_inputs && (int64_t)core->nplans >= core->max_inputs &&
+            (found == NO_ID || !entry_has_inputs(core, found))) {
+            if (refuse_series(request, i, REFUSED_NO_KIND) < 0) return -2;
+            request->plan_from = i + 1;
+            continue;
+        }
         int32_t id = request->template_of[i];
         if (id < 0 || !t->templates[id].ready) return (Py_ssize_t)i;
         const Template *tp = &t->templates[id];
@@ -972,8 +1098,9 @@ static Py_ssize_t instantiate(Core *core, Request *request, size_t budget) {
                 if (!(tp->feeds >> v & 1)) continue;
                 size_t len = starts[v + 1] - starts[v];
                 hashes[v] = ep_hash(t->out + starts[v], len);
-                /* A cap that leaves the series out of a view: the planner counts it. */
-                if (!view_admits(core->views[v], t->out + starts[v], len, hashes[v],
+                /* A limit or cap that leaves the series out of a view: the planner counts it. */
+                if (!view_admits_input(core, v, found) ||
+                    !view_admits(core->views[v], t->out + starts[v], len, hashes[v],
                                  core->view_caps[v]))
                     return (Py_ssize_t)i;
             }
@@ -1018,6 +1145,26 @@ static PyObject *series_key(const Request *request, size_t i) {
  * (GO_ON, None) when the budget ran out. Call again after doing what it says: other requests
  * may be planned and applied in between (a plan forgotten meanwhile restarts the pass). */
 enum { MAKE_TEMPLATES = 1, PLAN_ONE = 2, GO_ON = 3 };
+
+/* refuse(request, kind): the series plan() last asked the planner for (PLAN_ONE) is refused by
+ * the views' max_input_series: not cached, its samples counted by ``kind``. */
+static PyObject *Core_refuse(Core *core, PyObject *args) {
+    PyObject *arg;
+    int kind;
+    if (!PyArg_ParseTuple(args, "O!i", &RequestType, &arg, &kind)) return NULL;
+    if (check_idle(core) < 0) return NULL;
+    Request *request = (Request *)arg;
+    if (request->plan_phase != PHASE_INSTANTIATE || request->plan_from >= request->batch.nseries) {
+        PyErr_SetString(PyExc_RuntimeError, "no series is waiting for its plan");
+        return NULL;
+    }
+    if (kind < 0 || (size_t)kind >= core->nkinds) {
+        PyErr_SetString(PyExc_ValueError, "unknown plan kind");
+        return NULL;
+    }
+    if (refuse_series(request, request->plan_from, kind) < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
 
 static PyObject *Core_plan(Core *core, PyObject *args) {
     PyObject *arg;
@@ -1630,6 +1777,9 @@ static PyMethodDef Core_methods[] = {
     {"add_kind", (PyCFunction)Core_add_kind, METH_VARARGS, NULL},
     {"attach", (PyCFunction)Core_attach, METH_VARARGS, NULL},
     {"admits", (PyCFunction)Core_admits, METH_VARARGS, NULL},
+    {"admits_input", (PyCFunction)Core_admits_input, METH_VARARGS, NULL},
+    {"configure_input_limits", (PyCFunction)Core_configure_input_limits, METH_VARARGS, NULL},
+    {"refuse", (PyCFunction)Core_refuse, METH_VARARGS, NULL},
     {"set_plan", (PyCFunction)Core_set_plan, METH_VARARGS, NULL},
     {"received", (PyCFunction)Core_received, METH_O, NULL},
     {"forget_plans", (PyCFunction)Core_forget_plans, METH_NOARGS, NULL},
@@ -1680,6 +1830,7 @@ static void Request_dealloc(Request *request) {
     batch_free(&request->batch);
     free(request->template_of);
     free(request->asked);
+    free(request->refused_kind);
     if (request->buffer != NULL) PyBuffer_Release(&request->view);
     Py_XDECREF(request->buffer);
     PyObject_Free(request);
