@@ -517,8 +517,7 @@ static PyObject *Core_get_entries(Core *core, void *Py_UNUSED(closure)) {
 
 /* scan(buffer): decode a WriteRequest held in bytes or any other contiguous buffer (the
  * decompressor's own, so that a large body is not copied), which the request keeps. */
-static PyObject *Core_scan(Core *core, PyObject *arg) {
-    (void)core;
+static PyObject *scan_with(PyObject *arg, int (*decode)(const uint8_t *, size_t, Batch *)) {
     Request *request = PyObject_New(Request, &RequestType);
     if (request == NULL) return NULL;
     request->buffer = NULL;
@@ -543,7 +542,7 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
     size_t len = (size_t)request->view.len;
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = wire_decode(buf, len, &request->batch);
+    status = decode(buf, len, &request->batch);
     if (status == 0) {
         for (size_t i = 0; i < request->batch.nseries; i++) {
             SeriesRef *ref = &request->batch.series[i];
@@ -561,6 +560,17 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
         return NULL;
     }
     return (PyObject *)request;
+}
+
+static PyObject *Core_scan(Core *core, PyObject *arg) {
+    (void)core;
+    return scan_with(arg, wire_decode);
+}
+
+/* scan_v2(buffer): the same for a remote write 2.0 Request (wire_decode_v2). */
+static PyObject *Core_scan_v2(Core *core, PyObject *arg) {
+    (void)core;
+    return scan_with(arg, wire_decode_v2);
 }
 
 static int series_planned(const Core *core, const SeriesRef *ref) {
@@ -1565,6 +1575,7 @@ static PyMethodDef Core_methods[] = {
     {"forget_plans_with", (PyCFunction)Core_forget_plans_with, METH_VARARGS, NULL},
     {"forget_capped", (PyCFunction)Core_forget_capped, METH_NOARGS, NULL},
     {"scan", (PyCFunction)Core_scan, METH_O, NULL},
+    {"scan_v2", (PyCFunction)Core_scan_v2, METH_O, NULL},
     {"apply", (PyCFunction)Core_apply, METH_VARARGS, NULL},
     {"configure_templates", (PyCFunction)Core_configure_templates, METH_VARARGS, NULL},
     {"add_template", (PyCFunction)Core_add_template, METH_VARARGS, NULL},
@@ -1627,6 +1638,26 @@ static PyObject *Request_metadata(Request *request, PyObject *Py_UNUSED(ignored)
     return list;
 }
 
+/* series_types() -> [(metric name bytes, type)]: a 2.0 request's per-series metadata types
+ * (wire_decode_v2); empty for 1.0. */
+static PyObject *Request_series_types(Request *request, PyObject *Py_UNUSED(ignored)) {
+    const Batch *batch = &request->batch;
+    const char *buf = (const char *)request->view.buf;
+    PyObject *list = PyList_New((Py_ssize_t)batch->ntypes);
+    if (list == NULL) return NULL;
+    for (size_t i = 0; i < batch->ntypes; i++) {
+        const SeriesType *entry = &batch->types[i];
+        PyObject *item = Py_BuildValue("(y#I)", buf + entry->name_start,
+                                       (Py_ssize_t)entry->name_len, (unsigned)entry->type);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
 /* series() -> [(label bytes, [(timestamp, value)])]: the decoded request as Python values, for
  * tests and the fuzzer (the engine itself never builds them). */
 static PyObject *Request_series(Request *request, PyObject *Py_UNUSED(ignored)) {
@@ -1674,6 +1705,7 @@ static PyObject *Request_get_buffer(Request *request, void *Py_UNUSED(closure)) 
 static PyMethodDef Request_methods[] = {
     {"metadata", (PyCFunction)Request_metadata, METH_NOARGS, NULL},
     {"series", (PyCFunction)Request_series, METH_NOARGS, NULL},
+    {"series_types", (PyCFunction)Request_series_types, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
