@@ -78,3 +78,19 @@ class MetricTypes:
                     return suffix in _CUMULATIVE_SUFFIXES.get(family_type, ())
                 return True
         return False
+
+    def series_type(self, metric_name: str) -> MetricType:
+        """The type an output series of ``metric_name`` is sent with (remote write 2.0
+        metadata): its own or its family's type when known, else what the aggregation made of
+        it (COUNTER when summed reset-safely, GAUGE otherwise). A view's output of a counter
+        is a counter."""
+        own_type = self._families.get(metric_name)
+        if own_type is not None and own_type != MetricType.UNKNOWN:
+            return own_type
+        for suffix in _COUNTER_SUFFIXES:
+            if metric_name.endswith(suffix):
+                family_type = self._families.get(metric_name[: -len(suffix)])
+                if family_type is not None and family_type != MetricType.UNKNOWN:
+                    return family_type
+                break
+        return MetricType.COUNTER if self.is_counter(metric_name) else MetricType.GAUGE

@@ -25,7 +25,7 @@ and exemplars are counted and skipped, as in 1.0; created timestamps are read pa
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from enrichproxy.errors import DecodeError
 from enrichproxy.model import MetricType, OutputSample
@@ -38,9 +38,13 @@ from enrichproxy.wire.codec import (
     _read_tag,
     _skip_field,
     _varint,
+    compress,
     decode_labels,
+    decode_write_request,
+    decompress,
     encode_sample,
     encode_varint,
+    encode_write_request,
 )
 
 CONTENT_TYPE_V1 = "application/x-protobuf"
@@ -249,31 +253,48 @@ def _label_field(name: bytes, value: bytes) -> bytes:
 
 # --- encoding -----------------------------------------------------------------------------------
 
+TypeOf = Callable[[str], MetricType]
+"""Metric name → the type its series are sent with."""
 
-def encode_v2_samples(
-    samples: Iterable[OutputSample], types: dict[bytes, MetricType] | None = None
-) -> bytes:
+
+def _unspecified(_name: str) -> MetricType:
+    return MetricType.UNKNOWN
+
+
+def encode_v2_samples(samples: Iterable[OutputSample], type_of: TypeOf = _unspecified) -> bytes:
     """A 2.0 Request of output samples: one symbols table for the request, each series' samples
     grouped under it in order of first appearance (as ``codec.encode_samples`` groups them),
-    and each series' metadata type from ``types`` (keyed by the series' label bytes; series
-    not in it go out with the type unspecified)."""
+    each series with the metadata type ``type_of`` gives its metric name."""
     by_series: dict[bytes, list[RawSample]] = {}
     for sample in samples:
         by_series.setdefault(sample.label_bytes, []).append((sample.timestamp_ms, sample.value))
-    types = types or {}
-    return encode_v2_request(
-        (label_bytes, series_samples, types.get(label_bytes, MetricType.UNKNOWN))
-        for label_bytes, series_samples in by_series.items()
-    )
+    return _encode(by_series.items(), type_of)
 
 
 def encode_v2_request(series: Iterable[tuple[bytes, Iterable[RawSample], MetricType]]) -> bytes:
     """A 2.0 Request from (1.0-encoded label fields, samples, type) triples."""
+    types: dict[bytes, MetricType] = {}
+    pairs = []
+    for label_bytes, samples, metric_type in series:
+        types[label_bytes] = metric_type
+        pairs.append((label_bytes, samples))
+    return _encode(pairs, None, types)
+
+
+def _encode(
+    series: Iterable[tuple[bytes, Iterable[RawSample]]],
+    type_of: TypeOf | None,
+    types: dict[bytes, MetricType] | None = None,
+) -> bytes:
     index: dict[str, int] = {"": 0}
+    named: dict[str, MetricType] = {}
     parts: list[bytes] = []
-    for label_bytes, series_samples, metric_type in series:
+    for label_bytes, series_samples in series:
         refs = bytearray()
+        metric_name = ""
         for pair in decode_labels(label_bytes):
+            if pair[0] == "__name__":
+                metric_name = pair[1]
             for text in pair:
                 ref = index.get(text)
                 if ref is None:
@@ -283,6 +304,13 @@ def encode_v2_request(series: Iterable[tuple[bytes, Iterable[RawSample], MetricT
         for timestamp_ms, value in series_samples:
             sample = encode_sample(timestamp_ms, value)
             body.append(bytes((TAG_SAMPLE,)) + encode_varint(len(sample)) + sample)
+        if types is not None:
+            metric_type = types[label_bytes]
+        else:
+            assert type_of is not None
+            metric_type = named.get(metric_name, MetricType.UNKNOWN)
+            if metric_name not in named:
+                metric_type = named[metric_name] = type_of(metric_name)
         if metric_type:
             metadata = b"\x08" + encode_varint(int(metric_type))
             body.append(b"\x2a" + encode_varint(len(metadata)) + metadata)
@@ -293,3 +321,37 @@ def encode_v2_request(series: Iterable[tuple[bytes, Iterable[RawSample], MetricT
         encoded = text.encode()
         symbols.append(b"\x22" + encode_varint(len(encoded)) + encoded)
     return b"".join(symbols) + b"".join(parts)
+
+
+# --- a queued batch in the other protocol --------------------------------------------------------
+
+
+def body_protocol(body: bytes) -> WireProtocol:
+    """The message a snappy-compressed request body of ours holds, from its first byte: a 1.0
+    WriteRequest starts with a timeseries or metadata field (0x0A, 0x1A), a 2.0 Request with a
+    symbol or timeseries field (0x22, 0x2A). Snappy's first element is always a literal, so
+    the byte is read without decompressing; an empty request reads as 1.0 (it is both)."""
+    length, pos = _varint(body, 0, min(len(body), 10))
+    if length == 0 or pos >= len(body):
+        return WireProtocol.V1
+    tag = body[pos]
+    if tag & 3 == 0:
+        size = tag >> 2
+        first = pos + 1 + (size - 59 if size >= 60 else 0)
+        if first < len(body):
+            return WireProtocol.V2 if body[first] in (0x22, 0x2A) else WireProtocol.V1
+    data = decompress(body)
+    return WireProtocol.V2 if data and data[0] in (0x22, 0x2A) else WireProtocol.V1
+
+
+def transcode(body: bytes, to: WireProtocol, type_of: TypeOf = _unspecified) -> bytes:
+    """A queued request body (snappy) in protocol ``to``: the same series and samples; types go
+    as 2.0 metadata, and are left out in 1.0 (which carries them in separate requests)."""
+    data = decompress(body)
+    if to is WireProtocol.V1:
+        request = decode_v2_request(data)
+        return compress(
+            encode_write_request((raw.label_bytes, raw.samples) for raw in request.series)
+        )
+    request = decode_write_request(data)
+    return compress(_encode(((raw.label_bytes, raw.samples) for raw in request.series), type_of))
