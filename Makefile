@@ -97,7 +97,7 @@ clean:
 # Generated code is committed so an install needs no protoc; this regenerates it.
 proto: $(TEST_STAMP)
 	$(BIN)/pip install -q grpcio-tools mypy-protobuf
-	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/enrichproxy/wire/proto --mypy_out=src/enrichproxy/wire/proto proto/remote.proto
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/enrichproxy/wire/proto --mypy_out=src/enrichproxy/wire/proto proto/remote.proto proto/write_v2.proto
 
 # requirements.lock: the runtime dependencies and the build backend, pinned with the hashes of
 # every file PyPI has for them, for the Containerfile (`pip install --require-hashes`). Run it

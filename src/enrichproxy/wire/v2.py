@@ -268,28 +268,22 @@ def encode_v2_samples(samples: Iterable[OutputSample], type_of: TypeOf = _unspec
     by_series: dict[bytes, list[RawSample]] = {}
     for sample in samples:
         by_series.setdefault(sample.label_bytes, []).append((sample.timestamp_ms, sample.value))
-    return _encode(by_series.items(), type_of)
+    return _encode(((label_bytes, s, None) for label_bytes, s in by_series.items()), type_of)
 
 
 def encode_v2_request(series: Iterable[tuple[bytes, Iterable[RawSample], MetricType]]) -> bytes:
     """A 2.0 Request from (1.0-encoded label fields, samples, type) triples."""
-    types: dict[bytes, MetricType] = {}
-    pairs = []
-    for label_bytes, samples, metric_type in series:
-        types[label_bytes] = metric_type
-        pairs.append((label_bytes, samples))
-    return _encode(pairs, None, types)
+    return _encode(series, _unspecified)
 
 
 def _encode(
-    series: Iterable[tuple[bytes, Iterable[RawSample]]],
-    type_of: TypeOf | None,
-    types: dict[bytes, MetricType] | None = None,
+    series: Iterable[tuple[bytes, Iterable[RawSample], MetricType | None]], type_of: TypeOf
 ) -> bytes:
+    """The Request; a series whose type is None gets ``type_of`` of its metric name."""
     index: dict[str, int] = {"": 0}
     named: dict[str, MetricType] = {}
     parts: list[bytes] = []
-    for label_bytes, series_samples in series:
+    for label_bytes, series_samples, given_type in series:
         refs = bytearray()
         metric_name = ""
         for pair in decode_labels(label_bytes):
@@ -304,12 +298,10 @@ def _encode(
         for timestamp_ms, value in series_samples:
             sample = encode_sample(timestamp_ms, value)
             body.append(bytes((TAG_SAMPLE,)) + encode_varint(len(sample)) + sample)
-        if types is not None:
-            metric_type = types[label_bytes]
-        else:
-            assert type_of is not None
-            metric_type = named.get(metric_name, MetricType.UNKNOWN)
-            if metric_name not in named:
+        metric_type = given_type
+        if metric_type is None:
+            metric_type = named.get(metric_name)
+            if metric_type is None:
                 metric_type = named[metric_name] = type_of(metric_name)
         if metric_type:
             metadata = b"\x08" + encode_varint(int(metric_type))
@@ -354,4 +346,6 @@ def transcode(body: bytes, to: WireProtocol, type_of: TypeOf = _unspecified) -> 
             encode_write_request((raw.label_bytes, raw.samples) for raw in request.series)
         )
     request = decode_write_request(data)
-    return compress(_encode(((raw.label_bytes, raw.samples) for raw in request.series), type_of))
+    return compress(
+        _encode(((raw.label_bytes, raw.samples, None) for raw in request.series), type_of)
+    )
