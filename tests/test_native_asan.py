@@ -41,6 +41,7 @@ print("native module:", _native.__file__)
 
 sys.path[:0] = [sys.argv[2], sys.argv[2] + "/fuzz"]
 import fuzz_decoder
+import fuzz_decoder_v2
 import test_native_decoder
 from hypothesis import HealthCheck, given, settings
 
@@ -50,6 +51,7 @@ from enrichproxy.errors import RequestError
 from enrichproxy.metadata.table import build_table
 from enrichproxy.model import STALE_NAN, MetricMetadata, MetricType
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
+from enrichproxy.wire.v2 import WireProtocol, encode_v2_request
 
 rng = random.Random(1)
 
@@ -95,6 +97,18 @@ for _ in range(3000):
         body = body[start:start + rng.randint(0, 400)]
     fuzz_decoder.check(body)
 print("decoder: ok")
+
+# --- the remote write 2.0 decoder ---
+v2_bodies = fuzz_decoder_v2.seed_bodies()
+for body in v2_bodies:
+    fuzz_decoder_v2.check(body)
+for _ in range(3000):
+    body = mutate(rng.choice(v2_bodies))
+    if rng.random() < 0.7:
+        start = rng.randrange(len(body) + 1)
+        body = body[start:start + rng.randint(0, 400)]
+    fuzz_decoder_v2.check(body)
+print("decoder 2.0: ok")
 
 
 # --- the engine ---
@@ -144,13 +158,19 @@ def random_body():
         MetricMetadata(rng.choice(METRICS), MetricType(rng.randint(0, 4)), "", "")
         for _ in range(rng.randint(0, 2))
     ]
-    return compress(encode_write_request(series, metadata))
+    if rng.random() < 0.3:  # the same as remote write 2.0, types on the series
+        return compress(
+            encode_v2_request(
+                (labels, samples, MetricType(rng.randint(0, 4))) for labels, samples in series
+            )
+        ), WireProtocol.V2
+    return compress(encode_write_request(series, metadata)), WireProtocol.V1
 
 
-def ingest(body):
+def ingest(body, protocol=WireProtocol.V1):
     global ingested, refused
     try:
-        engine.ingest(body, clock)
+        engine.ingest(body, clock, protocol)
         ingested += 1
     except RequestError:
         refused += 1
@@ -160,7 +180,7 @@ for step in range(2500):
     roll = rng.random()
     if roll < 0.6:
         clock += rng.randint(0, 3_000)
-        ingest(random_body())
+        ingest(*random_body())
     elif roll < 0.7:
         body = rng.choice(bodies)
         ingest(compress(mutate(body) if rng.random() < 0.5 else body))
