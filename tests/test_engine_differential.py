@@ -4,7 +4,8 @@ Hypothesis writes random streams over a small world (a few pods, services and ti
 gauges and histogram buckets, two views, one of them capped) with everything that makes the
 aggregation hard: resets, staleness markers, NaNs, late, reordered, duplicate and far-future
 samples, series that appear and vanish, metadata that moves pods between services, metric
-types learnt late, flushes at any wall time, restarts from exported state and reloads. Both
+types learnt late (from 1.0 metadata requests and from 2.0 requests' per-series types, each
+Push in either protocol), flushes at any wall time, restarts from exported state and reloads. Both
 engines get the same stream; every ingest result, every output sample (value compared by its
 bits) and the exported state must be identical.
 """
@@ -28,6 +29,7 @@ from enrichproxy.engine.pipeline import Pipeline as PythonEngine
 from enrichproxy.metadata.table import build_table
 from enrichproxy.model import STALE_NAN, MetricMetadata, MetricType
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
+from enrichproxy.wire.v2 import WireProtocol, encode_v2_request
 
 PODS = ["a", "b", "c", "d", "e"]
 SERVICES = ["s1", "s2", "s3"]
@@ -64,6 +66,8 @@ class Push:
     """(metric, pod, endpoint, samples as (offset from the clock, value))."""
     metadata: list[tuple[str, int]]
     at: int
+    protocol: WireProtocol = WireProtocol.V1
+    """In 2.0 the metadata's types go on the series of those metrics instead."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ steps = st.one_of(
             st.tuples(st.sampled_from(["rpc", "temperature"]), st.sampled_from([1, 2])), max_size=1
         ),
         st.integers(min_value=0, max_value=25_000),
+        st.sampled_from(list(WireProtocol)),
     ),
     st.builds(Flush, st.integers(min_value=0, max_value=30_000), st.booleans()),
     st.builds(
@@ -142,6 +147,14 @@ def body_of(push: Push, clock: int) -> bytes:
             labels = (*labels[:2], ("le", "0.5"), labels[2])
         series.append(
             (encode_labels(labels), [(clock + offset, value) for offset, value in samples])
+        )
+    if push.protocol is WireProtocol.V2:
+        kinds = dict(push.metadata)
+        return compress(
+            encode_v2_request(
+                (labels, samples, MetricType(kinds.get(metric, 0)))
+                for (labels, samples), (metric, *_) in zip(series, push.series, strict=True)
+            )
         )
     metadata = [MetricMetadata(family, MetricType(kind), "", "") for family, kind in push.metadata]
     return compress(encode_write_request(series, metadata))
@@ -187,8 +200,9 @@ class Twins:
         if isinstance(step, Push):
             self.clock += step.at
             body = body_of(step, self.clock)
-            expected = outcome(lambda: self.python.ingest(body, self.clock))
-            assert outcome(lambda: self.native.ingest(body, self.clock)) == expected
+            protocol = step.protocol
+            expected = outcome(lambda: self.python.ingest(body, self.clock, protocol))
+            assert outcome(lambda: self.native.ingest(body, self.clock, protocol)) == expected
         elif isinstance(step, Flush):
             self.clock += step.at
             expected = bits(self.python.flush(self.clock, step.final))
@@ -268,7 +282,8 @@ def test_long_streams_match(seed: int) -> None:
                 )
                 for _ in range(rng.randint(1, 10))
             ]
-            twins.step(Push(series, [], rng.randint(0, 3_000)))
+            protocol = WireProtocol.V2 if rng.random() < 0.3 else WireProtocol.V1
+            twins.step(Push(series, [], rng.randint(0, 3_000), protocol))
         elif roll < 0.9:
             twins.step(Flush(rng.randint(0, 6_000), rng.random() < 0.05))
         elif roll < 0.96:
