@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from enrichproxy.model import Labels
+from enrichproxy.model import Labels, MetricType
 from enrichproxy.wire.codec import decode_labels, decode_write_request, decompress
+from enrichproxy.wire.v2 import MESSAGE_V2, decode_v2_request
 
 
 @dataclass
 class Received:
     headers: dict[str, str]
     series: list[tuple[Labels, list[tuple[int, float]]]]
+    types: dict[str, MetricType] = field(default_factory=dict)
+    """Remote write 2.0: metric name → the type its series came with."""
 
 
 @dataclass
@@ -56,13 +59,23 @@ class RecordingSink:
         """Requests that followed a redirect to MOVED_PATH."""
         self.streamed = 0
         """Bytes of streamed answers the client took before it hung up."""
+        self.speaks_v2 = True
+        """False: answer 415 to remote write 2.0, as a 1.x receiver does."""
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         await self.hold.wait()
-        body = decode_write_request(decompress(await request.read()))
+        data = decompress(await request.read())
+        if f"proto={MESSAGE_V2}" in request.headers.get("Content-Type", ""):
+            if not self.speaks_v2:
+                self.attempts.append(Received(dict(request.headers), []))
+                return web.Response(status=415, text="remote write 2.0 is not supported")
+            body = decode_v2_request(data)
+        else:
+            body = decode_write_request(data)
         received = Received(
             dict(request.headers),
             [(decode_labels(s.label_bytes), s.samples) for s in body.series],
+            dict(body.series_types),
         )
         self.attempts.append(received)
         answer = self.answers.popleft() if self.answers else Answer()
