@@ -131,7 +131,14 @@ TABLE = {
     ),
     "help_ref out of range": Row(
         V2,
-        v2_body([{**counter(POD_A, 1.0), "metadata": pb.Metadata(type=1, help_ref=99)}]),
+        v2_body(
+            [
+                {
+                    **counter(POD_A, 1.0),
+                    "metadata": pb.Metadata(type=pb.Metadata.METRIC_TYPE_COUNTER, help_ref=99),
+                }
+            ]
+        ),
         400,
         (0, 0, 0),
         "timeseries[0].metadata.help_ref = 99 is out of range",
