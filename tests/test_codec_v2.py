@@ -10,6 +10,9 @@ in every test, whatever engine the suite runs for: they must read and refuse ali
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -29,6 +32,7 @@ from enrichproxy.wire.codec import (
 )
 from enrichproxy.wire.proto import write_v2_pb2 as pb
 
+FUZZER = Path(__file__).parent / "fuzz" / "fuzz_decoder_v2.py"
 Reading = tuple[list[tuple[Labels, list[tuple[int, int]]]], list[tuple[str, int]], int, int]
 """(series as (labels, [(timestamp, value bits)]), (metric name, type), exemplars, histograms)."""
 
@@ -330,3 +334,19 @@ def test_a_queued_body_is_recognised_and_transcoded_either_way() -> None:
     assert decompress(v2.transcode(v2_body, v2.WireProtocol.V1)) == decompress(v1_body)
     again = v2.transcode(v1_body, v2.WireProtocol.V2, lambda _name: MetricType.COUNTER)
     assert decompress(again) == decompress(v2_body)
+
+
+def test_fuzzer_finds_no_difference(tmp_path: Path) -> None:
+    """A short libFuzzer run of tests/fuzz/fuzz_decoder_v2.py from its seeds (``make fuzz``
+    runs longer); a failing input is left as crash-* in the working directory."""
+    pytest.importorskip("atheris")
+    result = subprocess.run(
+        [sys.executable, str(FUZZER), "-runs=30000", "-max_total_time=20", "-print_final_stats=1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "Done" in result.stderr, result.stderr[-3000:]
