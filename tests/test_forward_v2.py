@@ -114,10 +114,27 @@ async def test_a_415_makes_the_destination_fall_back_to_1_0_once(
     ]
     assert [(ts, v) for _, ts, v in sink.accepted_samples()] == [(1000, 1.0), (2000, 2.0)]
     assert fallbacks(telemetry) == 1
-    assert [r.message for r in caplog.records if "415" in r.message] == [
-        "destination=sink answered 415 to remote write 2.0: sending 1.0 from now on"
+    assert [r.message for r in caplog.records if "2.0" in r.message] == [
+        "destination=sink does not take remote write 2.0: sending 1.0 from now on"
         " answer='remote write 2.0 is not supported'"
     ]
+
+
+async def test_a_2xx_without_written_counts_is_a_receiver_that_read_nothing(
+    sink: RecordingSink, session: aiohttp.ClientSession
+) -> None:
+    """A receiver older than 2.0 reads a 2.0 body as an empty 1.0 request and answers 204;
+    the missing counts give it away, and the batch goes again as 1.0."""
+    sink.ignores_content_type = True
+    telemetry = Telemetry()
+    sender = destination(sink.url, session, telemetry)
+    sender.start()
+    sender.enqueue([sample("jobs_total", 1, 1000, 1.0)])
+    await sink.wait_accepted(1)
+    await sender.stop()
+    assert [len(r.series) for r in sink.accepted] == [0, 1]  # the 2.0 body read as empty
+    assert sink.accepted[1].headers["Content-Type"] == REMOTE_WRITE_HEADERS["Content-Type"]
+    assert fallbacks(telemetry) == 1
 
 
 async def test_batches_queued_on_disk_in_the_other_protocol_are_sent_in_this_one(

@@ -66,6 +66,7 @@ from enrichproxy.server.tls import client_context
 from enrichproxy.wire.codec import compress, encode_samples
 from enrichproxy.wire.v2 import (
     CONTENT_TYPE_V2,
+    SAMPLES_WRITTEN_HEADER,
     VERSION_HEADER_V2,
     TypeOf,
     WireProtocol,
@@ -293,6 +294,7 @@ class Destination:
         to 1.0 (for as long as this destination runs; a restart or reload tries 2.0 again)."""
         self._encode_v1 = encode
         self._types = types
+
         self._session = session
         self._telemetry = telemetry
         self._rng = rng or random.Random()
@@ -494,12 +496,20 @@ class Destination:
         attempt = 0
         while True:
             # Queued before a fallback, or on disk from a run configured otherwise.
-            if body_protocol(body) is not self.protocol:
-                body = transcode(body, self.protocol, self._types)
-            status, detail, retry_after = await self._attempt(body)
-            if status == 415 and self.protocol is WireProtocol.V2:
-                self._fall_back(detail)
-                continue
+            sent_as = self.protocol
+            if body_protocol(body) is not sent_as:
+                body = transcode(body, sent_as, self._types)
+            status, detail, retry_after, confirmed = await self._attempt(body)
+            if sent_as is WireProtocol.V2 and status is not None:
+                # A 1.x receiver answers 415 to 2.0, or, older still, reads the 2.0 body as an
+                # empty 1.0 request and answers 2xx without the written counts a 2.0 receiver
+                # must send (spec): either way nothing was written, so the batch goes again.
+                unconfirmed = 200 <= status < 300 and not confirmed and batch.samples
+                if status == 415 or unconfirmed:
+                    self._fall_back(
+                        detail if status == 415 else "2xx without the written-count headers"
+                    )
+                    continue
             if status is not None and 200 <= status < 300:
                 self._telemetry.forward_samples.labels(self.name).inc(batch.samples)
                 return True
@@ -543,10 +553,13 @@ class Destination:
             await asyncio.sleep(backoff)
 
     def _fall_back(self, detail: str) -> None:
-        """A 415 to 2.0: the receiver speaks 1.0 only (spec: a sender may fall back)."""
+        """The receiver speaks 1.0 only (spec: a sender may fall back); once per destination,
+        however many shards learn it."""
+        if self.protocol is WireProtocol.V1:
+            return
         self.protocol = WireProtocol.V1
         log.warning(
-            "destination=%s answered 415 to remote write 2.0: sending 1.0 from now on answer=%r",
+            "destination=%s does not take remote write 2.0: sending 1.0 from now on answer=%r",
             self.name,
             detail,
         )
@@ -561,7 +574,9 @@ class Destination:
             delay = max(delay, retry_after)
         return delay
 
-    async def _attempt(self, body: bytes) -> tuple[int | None, str, float | None]:
+    async def _attempt(self, body: bytes) -> tuple[int | None, str, float | None, bool]:
+        """(status or None for no answer, what the answer said, Retry-After, whether the
+        answer carried a 2.0 receiver's written counts)."""
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_ms / 1000)
         started = time.perf_counter()
         try:
@@ -583,11 +598,13 @@ class Destination:
                     detail = head.decode(errors="replace")
                 status: int | None = response.status
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                confirmed = SAMPLES_WRITTEN_HEADER in response.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
             status, detail, retry_after = None, f"{type(exc).__name__}: {exc}", None
+            confirmed = False
         self._telemetry.forward_duration.labels(self.name).observe(time.perf_counter() - started)
         self._telemetry.forward_requests.labels(self.name, str(status or "error")).inc()
-        return status, detail.strip(), retry_after
+        return status, detail.strip(), retry_after, confirmed
 
 
 async def read_capped(response: aiohttp.ClientResponse) -> bytes:
