@@ -296,8 +296,9 @@ void batch_free(Batch *batch) {
 
 /* A reference keeps its overflow flag: one past 64 bits is out of range whatever its low bits
  * (which are what an error message shows, as the reference shows them). */
-static int push_ref(Batch *batch, const Varint *ref) {
-    if (ep_grow((void **)&batch->refs, &batch->refs_cap, batch->nrefs + 1, sizeof(Varint)) < 0)
+static inline int push_ref(Batch *batch, const Varint *ref) {
+    if (batch->nrefs == batch->refs_cap &&
+        ep_grow((void **)&batch->refs, &batch->refs_cap, batch->nrefs + 1, sizeof(Varint)) < 0)
         return -2;
     batch->refs[batch->nrefs++] = *ref;
     return 0;
@@ -318,16 +319,18 @@ static int len_field(const uint8_t *buf, size_t *pos, size_t end, size_t *stop, 
     return 0;
 }
 
-/* One remote write 1.0 Label field into batch->joined: tag, length, name, and the value when
- * it is not empty (protobuf leaves an empty string out). */
-static int put_label(Batch *batch, const uint8_t *buf, const Span *name, const Span *value) {
-    size_t name_len = name->stop - name->start, value_len = value->stop - value->start;
-    size_t inner = 1 + ep_varint_size(name_len) + name_len;
-    if (value_len) inner += 1 + ep_varint_size(value_len) + value_len;
-    size_t total = 1 + ep_varint_size(inner) + inner;
-    if (ep_grow((void **)&batch->joined, &batch->joined_cap, batch->njoined + total, 1) < 0)
-        return -2;
-    uint8_t *p = batch->joined + batch->njoined;
+/* The size of the remote write 1.0 Label field of a name and a value: tag, length, then the
+ * name and, when not empty, the value (protobuf leaves an empty string out). */
+static inline size_t label_size(size_t name_len, size_t value_len, size_t *inner) {
+    *inner = 1 + ep_varint_size(name_len) + name_len;
+    if (value_len) *inner += 1 + ep_varint_size(value_len) + value_len;
+    return 1 + ep_varint_size(*inner) + *inner;
+}
+
+static inline uint8_t *put_label(uint8_t *p, const uint8_t *buf, const Span *name,
+                                 const Span *value) {
+    size_t name_len = name->stop - name->start, value_len = value->stop - value->start, inner;
+    label_size(name_len, value_len, &inner);
     *p++ = 0x0A;
     p = ep_put_varint(p, inner);
     *p++ = 0x0A;
@@ -340,8 +343,7 @@ static int put_label(Batch *batch, const uint8_t *buf, const Span *name, const S
         memcpy(p, buf + value->start, value_len);
         p += value_len;
     }
-    batch->njoined += total;
-    return 0;
+    return p;
 }
 
 static int decode_v2_series(const uint8_t *buf, size_t pos, size_t end, size_t index,
@@ -366,9 +368,12 @@ static int decode_v2_series(const uint8_t *buf, size_t pos, size_t end, size_t i
         } else if (tag_is(&tag, V2_TAG_REFS_PACKED)) {
             if (len_field(buf, &pos, end, &stop, "labels_refs", batch) < 0) return -1;
             while (pos < stop) {
-                Varint ref;
-                if (read_varint(buf, &pos, stop, &ref) < 0)
+                Varint ref = {buf[pos], 0};
+                if (ref.value < 0x80) {
+                    pos++; /* a one-byte varint: every ref below 128 */
+                } else if (read_varint(buf, &pos, stop, &ref) < 0) {
                     FAIL("protobuf: truncated or overlong varint");
+                }
                 if (push_ref(batch, &ref) < 0) return -2;
             }
         } else if (tag_is(&tag, V2_TAG_REFS_SINGLE)) {
@@ -420,8 +425,10 @@ static int decode_v2_series(const uint8_t *buf, size_t pos, size_t end, size_t i
     if (nrefs % 2)
         FAILF("remote write 2.0: timeseries[%zu] has %zu labels_refs: they must come in pairs",
               index, nrefs);
-    size_t labels_start = batch->njoined;
+    /* Every pair checked, in the reference's order, and the labels' size summed; then the
+     * labels written out at once. */
     int64_t name_ref = -1;
+    size_t total = 0;
     for (size_t at = 0; at < nrefs; at += 2) {
         const Varint *name_ref_at = &batch->refs[at], *value_ref_at = &batch->refs[at + 1];
         if (!ref_in_range(name_ref_at, count))
@@ -432,18 +439,25 @@ static int decode_v2_series(const uint8_t *buf, size_t pos, size_t end, size_t i
             FAILF("remote write 2.0: timeseries[%zu].labels_refs[%zu] = %" PRIu64
                   " is out of range: the request has %zu symbols",
                   index, at + 1, value_ref_at->value, count);
-        uint64_t name = name_ref_at->value, value = value_ref_at->value;
-        const Span *name_span = &batch->symbols[name];
-        if (name_span->stop == name_span->start)
+        const Span *name = &batch->symbols[name_ref_at->value];
+        const Span *value = &batch->symbols[value_ref_at->value];
+        size_t name_len = name->stop - name->start, inner;
+        if (name_len == 0)
             FAILF("remote write 2.0: timeseries[%zu].labels_refs[%zu] names a label with the "
                   "empty string",
                   index, at);
-        int status = put_label(batch, buf, name_span, &batch->symbols[value]);
-        if (status < 0) return status;
-        if (name_ref < 0 && name_span->stop - name_span->start == 8 &&
-            memcmp(buf + name_span->start, "__name__", 8) == 0)
-            name_ref = (int64_t)value;
+        total += label_size(name_len, value->stop - value->start, &inner);
+        if (name_ref < 0 && name_len == 8 && memcmp(buf + name->start, "__name__", 8) == 0)
+            name_ref = (int64_t)value_ref_at->value;
     }
+    size_t labels_start = batch->njoined;
+    if (ep_grow((void **)&batch->joined, &batch->joined_cap, labels_start + total, 1) < 0)
+        return -2;
+    uint8_t *p = batch->joined + labels_start;
+    for (size_t at = 0; at < nrefs; at += 2)
+        p = put_label(p, buf, &batch->symbols[batch->refs[at].value],
+                      &batch->symbols[batch->refs[at + 1].value]);
+    batch->njoined = labels_start + total;
     SeriesRef *ref = &batch->series[batch->nseries++];
     ref->labels_start = labels_start;
     ref->labels_len = (uint32_t)(batch->njoined - labels_start);
