@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enrichproxy.engine import _native
 from enrichproxy.engine.metric_types import MetricTypes, series_metadata
 from enrichproxy.engine.native import decode_v2_request_natively
 from enrichproxy.errors import DecodeError
@@ -350,3 +351,38 @@ def test_fuzzer_finds_no_difference(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-6000:]
     assert "Done" in result.stderr, result.stderr[-3000:]
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.lists(label_sets, min_size=1, max_size=4),
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(-(1 << 63), (1 << 63) - 1),
+            st.one_of(st.floats(), st.just(STALE_NAN)),
+        ),
+        max_size=10,
+    ),
+)
+def test_the_native_2_0_encoder_writes_what_the_reference_writes(
+    label_choices: list[dict[str, str]], picks: list[tuple[int, int, float]]
+) -> None:
+    """_native.encode_samples_v2 (the native engine's encode_output_v2) against
+    wire.v2.encode_v2_samples: the same bytes, and type_of asked the same names in order."""
+    keys = [encode_labels(tuple(sorted(labels.items()))) for labels in label_choices]
+    samples = [
+        OutputSample(keys[pick % len(keys)], timestamp, value) for pick, timestamp, value in picks
+    ]
+    asked: list[list[str]] = [[], []]
+
+    def typing(into: list[str]) -> v2.TypeOf:
+        def type_of(name: str) -> MetricType:
+            into.append(name)
+            return MetricType(len(name) % len(MetricType))
+
+        return type_of
+
+    expected = v2.encode_v2_samples(samples, typing(asked[0]))
+    assert _native.encode_samples_v2(samples, typing(asked[1])) == expected
+    assert asked[0] == asked[1]

@@ -6,7 +6,8 @@ ASan runtime preloaded, since the interpreter itself is not instrumented) and ru
 differential (tests/fuzz/fuzz_decoder.py) over the fixtures, the edge cases and generated
 requests of tests/test_native_decoder.py and thousands of mutations of them, then a native
 engine through ingest, flush, table changes, export and restore of its state and
-reconfiguration. Any sanitizer report ends the child with an error.
+reconfiguration, with the 2.0 decoder and output encoder on the way. Any sanitizer report
+ends the child with an error.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from enrichproxy.errors import RequestError
 from enrichproxy.metadata.table import build_table
 from enrichproxy.model import STALE_NAN, MetricMetadata, MetricType
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
-from enrichproxy.wire.v2 import WireProtocol, encode_v2_request
+from enrichproxy.wire.v2 import WireProtocol, encode_v2_request, encode_v2_samples
 
 rng = random.Random(1)
 
@@ -167,6 +168,10 @@ def random_body():
     return compress(encode_write_request(series, metadata)), WireProtocol.V1
 
 
+def type_of(name):
+    return MetricType(len(name) % 8)
+
+
 def ingest(body, protocol=WireProtocol.V1):
     global ingested, refused
     try:
@@ -186,7 +191,11 @@ for step in range(2500):
         ingest(compress(mutate(body) if rng.random() < 0.5 else body))
     elif roll < 0.82:
         clock += rng.randint(0, 8_000)
-        emitted += sum(len(out.samples) for out in engine.flush(clock, rng.random() < 0.05))
+        for out in engine.flush(clock, rng.random() < 0.05):
+            emitted += len(out.samples)
+            # The native 2.0 output encoder, against the reference's.
+            native_v2 = engine.encode_output_v2(out.samples, type_of)
+            assert native_v2 == encode_v2_samples(out.samples, type_of)
     elif roll < 0.9:
         documents = [
             {"pod": pod, "service": rng.choice(["s1", "s2"]), "tier": rng.choice(["gold", "x"])}

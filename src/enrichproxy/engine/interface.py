@@ -23,7 +23,7 @@ from enrichproxy.engine.enrich import Lookup
 from enrichproxy.engine.planner import Planner
 from enrichproxy.metadata.table import MetadataTable
 from enrichproxy.model import Labels, OutputSample
-from enrichproxy.wire.v2 import WireProtocol
+from enrichproxy.wire.v2 import TypeOf, WireProtocol
 
 
 @dataclass
@@ -167,6 +167,12 @@ class Engine(Protocol):
     def encode_output(self, samples: Sequence[OutputSample]) -> bytes:
         """``samples`` as one WriteRequest (uncompressed), as codec.encode_samples makes it.
         Stateless and thread-safe: the forwarder encodes its batches with it."""
+        ...
+
+    def encode_output_v2(self, samples: Sequence[OutputSample], type_of: TypeOf) -> bytes:
+        """``samples`` as one remote write 2.0 Request (uncompressed), as
+        wire.v2.encode_v2_samples makes it, each series typed by ``type_of(metric name)``.
+        Stateless and thread-safe, as ``encode_output``."""
         ...
 
     def set_table(self, table: MetadataTable, rule_index: int = 0) -> bool:

@@ -80,7 +80,7 @@ from enrichproxy.wire.codec import (
     decompress_buffer,
     encode_write_request,
 )
-from enrichproxy.wire.v2 import WireProtocol
+from enrichproxy.wire.v2 import TypeOf, WireProtocol, encode_v2_samples
 
 # Numbered as the core counts them (core.c's DROP_* constants).
 DROP_REASONS = (
@@ -221,6 +221,12 @@ class NativeEngine:
     def encode_output(self, samples: Sequence[OutputSample]) -> bytes:
         """codec.encode_samples, in C."""
         return _native.encode_samples(samples)
+
+    def encode_output_v2(self, samples: Sequence[OutputSample], type_of: TypeOf) -> bytes:
+        """wire.v2.encode_v2_samples, in C for label bytes in the plain form (all of the
+        engine's output)."""
+        encoded = _native.encode_samples_v2(samples, type_of)
+        return encode_v2_samples(samples, type_of) if encoded is None else encoded
 
     def prepare(self, body: bytes, protocol: WireProtocol = WireProtocol.V1) -> _native.Request:
         """Decompressed and scanned into the core's flat arrays (no engine state is read); a

@@ -55,7 +55,7 @@ from enrichproxy.wire.codec import (
     encode_labels,
     encode_samples,
 )
-from enrichproxy.wire.v2 import WireProtocol, decode_v2_request
+from enrichproxy.wire.v2 import TypeOf, WireProtocol, decode_v2_request, encode_v2_samples
 
 # Samples further ahead of our clock than this are refused by Prometheus (its TSDB limit); they
 # would also drag the aggregation watermark forward and make every real sample late.
@@ -201,6 +201,9 @@ class Pipeline:
 
     def encode_output(self, samples: Sequence[OutputSample]) -> bytes:
         return encode_samples(samples)
+
+    def encode_output_v2(self, samples: Sequence[OutputSample], type_of: TypeOf) -> bytes:
+        return encode_v2_samples(samples, type_of)
 
     def prepare(
         self, body: bytes, protocol: WireProtocol = WireProtocol.V1

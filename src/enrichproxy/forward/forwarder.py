@@ -133,6 +133,10 @@ def is_retryable(status: int | None) -> bool:
     )
 
 
+V2Encoder = Callable[[Sequence[OutputSample], TypeOf], bytes]
+"""Output samples and a type lookup → an uncompressed 2.0 Request: ``encode_v2_samples``
+here, or the engine's (``Engine.encode_output_v2``)."""
+
 SampleEncoder = Callable[[Sequence[OutputSample]], bytes]
 """Output samples → an uncompressed WriteRequest, samples of one series grouped, order kept:
 ``encode_samples`` here, or the native engine's (``Engine.encode_output``)."""
@@ -286,6 +290,7 @@ class Destination:
         encode: SampleEncoder = encode_samples,
         health: DurabilityHealth | None = None,
         types: TypeOf = no_types,
+        encode_v2: V2Encoder = encode_v2_samples,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -293,6 +298,7 @@ class Destination:
         """What is sent: the configured message until a 415 makes a 2.0 destination fall back
         to 1.0 (for as long as this destination runs; a restart or reload tries 2.0 again)."""
         self._encode_v1 = encode
+        self._encode_v2 = encode_v2
         self._types = types
 
         self._session = session
@@ -344,10 +350,9 @@ class Destination:
         )
 
     def _encode(self, batch: Sequence[OutputSample]) -> bytes:
-        """A batch in the protocol the destination speaks now (2.0 in Python: the native
-        engine encodes 1.0 only)."""
+        """A batch in the protocol the destination speaks now."""
         if self.protocol is WireProtocol.V2:
-            return encode_v2_samples(batch, self._types)
+            return self._encode_v2(batch, self._types)
         return self._encode_v1(batch)
 
     @property
@@ -635,12 +640,14 @@ class Forwarder:
         *,
         health: DurabilityHealth | None = None,
         types: TypeOf = no_types,
+        encode_v2: V2Encoder = encode_v2_samples,
     ) -> None:
         self._configs = tuple(configs)
         self._telemetry = telemetry
         self._encode = encode
         self._types = types
         """Metric name → the type 2.0 destinations send its series with."""
+        self._encode_v2 = encode_v2
         self._health = health or DurabilityHealth()
         self._session: aiohttp.ClientSession | None = None
         self.destinations: list[Destination] = []
@@ -655,6 +662,7 @@ class Forwarder:
                 encode=self._encode,
                 health=self._health,
                 types=self._types,
+                encode_v2=self._encode_v2,
             )
             for config in self._configs
         ]
@@ -720,6 +728,7 @@ class Forwarder:
                     encode=self._encode,
                     health=self._health,
                     types=self._types,
+                    encode_v2=self._encode_v2,
                 )
                 destination.start()
             destinations.append(destination)

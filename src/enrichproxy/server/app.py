@@ -890,6 +890,7 @@ def create_app(
             encode=engine.encode_output,
             health=health,
             types=series_type,
+            encode_v2=engine.encode_output_v2,
         ),
         config_path=config_path,
         health=health,
