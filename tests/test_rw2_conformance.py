@@ -74,6 +74,7 @@ class Row:
     reason: str = ""
     downstream: dict[str, float] = field(default_factory=dict)
     compressed: bool = True
+    encoding: str = "snappy"
 
 
 TABLE = {
@@ -162,6 +163,7 @@ TABLE = {
         "timeseries[1].labels_refs[3] = 40 is out of range",
     ),
     "not snappy": Row(V2, b"not snappy at all", 400, (0, 0, 0), "snappy", compressed=False),
+    "2.0 gzip": Row(V2, VALID_V2, 415, (0, 0, 0), "remote write needs snappy", encoding="gzip"),
 }
 
 
@@ -185,7 +187,7 @@ async def test_conformance(
     response = await client.post(
         "/api/v1/write",
         data=body,
-        headers={"Content-Type": row.content_type, "Content-Encoding": "snappy"},
+        headers={"Content-Type": row.content_type, "Content-Encoding": row.encoding},
     )
     assert response.status == row.status, await response.text()
     assert row.reason in await response.text()

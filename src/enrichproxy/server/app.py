@@ -180,9 +180,14 @@ def written_headers(samples: int) -> dict[str, str]:
 
 
 async def handle_write(request: web.Request) -> web.Response:
-    protocol = check_media_type(
-        request.headers.get("Content-Type"), request.headers.get("Content-Encoding")
-    )
+    content_type = request.headers.get("Content-Type")
+    try:
+        protocol = check_media_type(content_type, request.headers.get("Content-Encoding"))
+    except UnsupportedMediaType as exc:
+        # A 2.0 request in a Content-Encoding we do not take: it is told nothing was written.
+        if f"proto={RW2_MESSAGE}" in (content_type or "").replace(" ", ""):
+            exc.extra_headers = written_headers(0)
+        raise
     if protocol is WireProtocol.V1:
         return await write(request, protocol)
     # A request is applied whole or not at all, so an error answer wrote nothing.
