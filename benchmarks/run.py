@@ -196,10 +196,17 @@ def decoder(
     core = getattr(engine, "_core", None)
     v2 = protocol is WireProtocol.V2
     if core is not None:
-        scan = core.scan_v2 if v2 else core.scan
+        if v2:
+            scan_v2 = core.scan_v2
+            return lambda body: scan_v2(
+                codec.decompress(body, max_decoded_bytes), max_decoded_bytes
+            )
+        scan = core.scan
         return lambda body: scan(codec.decompress(body, max_decoded_bytes))
     if v2:
-        return lambda body: decode_v2_request(codec.decompress(body, max_decoded_bytes))
+        return lambda body: decode_v2_request(
+            codec.decompress(body, max_decoded_bytes), max_decoded_bytes
+        )
     known = getattr(engine, "known_label_bytes", ())
     return lambda body: codec.decode_write_request(codec.decompress(body, max_decoded_bytes), known)
 

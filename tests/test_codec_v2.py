@@ -386,3 +386,21 @@ def test_the_native_2_0_encoder_writes_what_the_reference_writes(
     expected = v2.encode_v2_samples(samples, typing(asked[0]))
     assert _native.encode_samples_v2(samples, typing(asked[1])) == expected
     assert asked[0] == asked[1]
+
+
+def test_labels_that_references_blow_up_are_refused_before_they_are_written_out() -> None:
+    """A reference may name a long string any number of times: written out, a request's
+    labels may take no more than max_decoded_bytes, in both decoders."""
+    long_value = "v" * 1000
+    symbols = ["", "__name__", "m", *(f"l{i}" for i in range(50)), long_value]
+    refs = [1, 2]
+    for i in range(50):
+        refs += [3 + i, 53]  # fifty labels of the same 1,000-byte value
+    data = official(symbols, [{"labels_refs": refs}] * 4)
+    limit = 120_000  # one series writes out to ~50 KB: the third crosses it
+    with pytest.raises(DecodeError, match="take more than 120000 bytes"):
+        v2.decode_v2_request(data, limit)
+    with pytest.raises(DecodeError, match="take more than 120000 bytes"):
+        decode_v2_request_natively(data, limit)
+    assert len(v2.decode_v2_request(data, 4 * limit).series) == 4
+    assert len(decode_v2_request_natively(data, 4 * limit)[0]) == 4

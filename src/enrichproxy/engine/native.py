@@ -74,6 +74,7 @@ from enrichproxy.model import (
     OutputSample,
 )
 from enrichproxy.wire.codec import (
+    DEFAULT_MAX_DECODED_BYTES,
     DecodedRequest,
     decode_labels,
     decode_metadata,
@@ -238,7 +239,7 @@ class NativeEngine:
     ) -> _native.Request:
         try:
             if protocol is WireProtocol.V2:
-                return self._core.scan_v2(data)
+                return self._core.scan_v2(data, self.config.max_decoded_bytes)
             return self._core.scan(data)
         except _native.WireError as exc:
             raise DecodeError(str(exc)) from None
@@ -732,13 +733,13 @@ _DECODER = _native.Core((), 0, EXPIRY_SWEEP_MS)
 
 
 def decode_v2_request_natively(
-    buf: bytes,
+    buf: bytes, max_label_bytes: int = DEFAULT_MAX_DECODED_BYTES
 ) -> tuple[list[tuple[bytes, list[tuple[int, float]]]], list[tuple[bytes, int]], int, int]:
     """The C 2.0 decoder's reading of ``buf`` as Python values, for the fuzzer and the tests:
     (series as (label bytes, samples), series types as (name bytes, type), exemplars,
     histograms)."""
     try:
-        request = _DECODER.scan_v2(buf)
+        request = _DECODER.scan_v2(buf, max_label_bytes)
     except _native.WireError as exc:
         raise DecodeError(str(exc)) from None
     return request.series(), request.series_types(), request.exemplars, request.histograms

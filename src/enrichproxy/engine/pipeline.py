@@ -212,7 +212,9 @@ class Pipeline:
         are not decoded again). 2.0: decoded too; its labels are written out per request
         (wire/v2.py), with no plan to read."""
         data = decompress(body, self.max_decoded_bytes)
-        return decode_v2_request(data) if protocol is WireProtocol.V2 else data
+        if protocol is WireProtocol.V2:
+            return decode_v2_request(data, self.max_decoded_bytes)
+        return data
 
     def ingest_steps(self, prepared: object, now_ms: int) -> IngestSteps:
         """One step: the reference plans and applies a request as a whole."""

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from enrichproxy.errors import DecodeError
 from enrichproxy.model import MetricType, OutputSample
 from enrichproxy.wire.codec import (
+    DEFAULT_MAX_DECODED_BYTES,
     TAG_SAMPLE,
     DecodedRequest,
     RawSample,
@@ -79,6 +80,8 @@ _TAG_HELP_REF = 0x18  # Metadata field 3, VARINT
 _TAG_UNIT_REF = 0x20  # Metadata field 4, VARINT
 _UINT64_MASK = (1 << 64) - 1
 _NAME = b"__name__"
+# The native scanner counts a series' labels in 32 bits; the reference refuses what it refuses.
+_MAX_SERIES_BYTES = (1 << 32) - 1
 
 
 def _length(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
@@ -90,9 +93,15 @@ def _length(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
     return pos, stop
 
 
-def decode_v2_request(buf: bytes) -> DecodedRequest:
+def decode_v2_request(
+    buf: bytes, max_label_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> DecodedRequest:
     """Walk an ``io.prometheus.write.v2.Request``; DecodeError on anything that is not one,
     or that breaks the specification's rules on references (see the module docstring).
+
+    References let a small request name a long string many times, so the labels written out
+    may take ``max_label_bytes`` at most (a 1.0 request's limit, max_decoded_bytes): past it,
+    DecodeError, before the series that would cross it is written out.
 
     The symbols may come after the series that use them (protobuf fixes no field order), so
     the request is walked twice: once for the table and the series' bounds, once per series.
@@ -122,7 +131,7 @@ def decode_v2_request(buf: bytes) -> DecodedRequest:
                 " (symbols[0] must be the empty string)"
             )
         request = DecodedRequest()
-        reader = _SeriesReader(buf, symbols, request)
+        reader = _SeriesReader(buf, symbols, request, min(max_label_bytes, _MAX_SERIES_BYTES))
         for index, (start, stop) in enumerate(spans):
             reader.read(index, start, stop)
     except IndexError:
@@ -133,8 +142,12 @@ def decode_v2_request(buf: bytes) -> DecodedRequest:
 class _SeriesReader:
     """Reads the series of one request against its symbols table."""
 
-    def __init__(self, buf: bytes, symbols: list[bytes], request: DecodedRequest) -> None:
+    def __init__(
+        self, buf: bytes, symbols: list[bytes], request: DecodedRequest, max_label_bytes: int
+    ) -> None:
         self.buf = buf
+        self.limit = max_label_bytes
+        self.label_bytes_left = max_label_bytes
         self.symbols = symbols
         self.request = request
         self.pairs: dict[int, bytes] = {}
@@ -196,6 +209,7 @@ class _SeriesReader:
             )
         pairs = self.pairs
         parts = []
+        size = 0
         name_ref = -1
         for at in range(0, len(refs), 2):
             name, value = refs[at], refs[at + 1]
@@ -214,8 +228,15 @@ class _SeriesReader:
                     )
                 field = pairs[key] = _label_field(name_bytes, symbols[value])
             parts.append(field)
+            size += len(field)
             if name_ref < 0 and symbols[name] == _NAME:
                 name_ref = value
+        if size > self.label_bytes_left:
+            raise DecodeError(
+                "remote write 2.0: written out, the request's labels take more than"
+                f" {self.limit} bytes (max_decoded_bytes)"
+            )
+        self.label_bytes_left -= size
         request.series.append(RawSeries(b"".join(parts), samples))
         if metric_type and name_ref >= 0 and self.last_type.get(name_ref) != metric_type:
             self.last_type[name_ref] = metric_type

@@ -517,13 +517,15 @@ static PyObject *Core_get_entries(Core *core, void *Py_UNUSED(closure)) {
 
 /* scan(buffer): decode a WriteRequest held in bytes or any other contiguous buffer (the
  * decompressor's own, so that a large body is not copied), which the request keeps. */
-static PyObject *scan_with(PyObject *arg, int (*decode)(const uint8_t *, size_t, Batch *)) {
+static PyObject *scan_with(PyObject *arg, int (*decode)(const uint8_t *, size_t, Batch *),
+                           size_t max_label_bytes) {
     Request *request = PyObject_New(Request, &RequestType);
     if (request == NULL) return NULL;
     request->buffer = NULL;
     request->template_of = NULL;
     request->asked = NULL;
     memset(&request->batch, 0, sizeof request->batch);
+    request->batch.max_label_bytes = max_label_bytes;
     if (PyObject_GetBuffer(arg, &request->view, PyBUF_SIMPLE) < 0) {
         Py_DECREF(request);
         return NULL;
@@ -564,13 +566,23 @@ static PyObject *scan_with(PyObject *arg, int (*decode)(const uint8_t *, size_t,
 
 static PyObject *Core_scan(Core *core, PyObject *arg) {
     (void)core;
-    return scan_with(arg, wire_decode);
+    return scan_with(arg, wire_decode, 0);
 }
 
-/* scan_v2(buffer): the same for a remote write 2.0 Request (wire_decode_v2). */
-static PyObject *Core_scan_v2(Core *core, PyObject *arg) {
+/* scan_v2(buffer, max_label_bytes): the same for a remote write 2.0 Request (wire_decode_v2),
+ * whose labels written out may take max_label_bytes at most. */
+static PyObject *Core_scan_v2(Core *core, PyObject *args) {
     (void)core;
-    return scan_with(arg, wire_decode_v2);
+    PyObject *arg;
+    Py_ssize_t max_label_bytes;
+    if (!PyArg_ParseTuple(args, "On:scan_v2", &arg, &max_label_bytes)) return NULL;
+    if (max_label_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_label_bytes must not be negative");
+        return NULL;
+    }
+    /* A series' labels are counted in 32 bits (SeriesRef.labels_len). */
+    size_t cap = (size_t)max_label_bytes < UINT32_MAX ? (size_t)max_label_bytes : UINT32_MAX;
+    return scan_with(arg, wire_decode_v2, cap);
 }
 
 static int series_planned(const Core *core, const SeriesRef *ref) {
@@ -1575,7 +1587,7 @@ static PyMethodDef Core_methods[] = {
     {"forget_plans_with", (PyCFunction)Core_forget_plans_with, METH_VARARGS, NULL},
     {"forget_capped", (PyCFunction)Core_forget_capped, METH_NOARGS, NULL},
     {"scan", (PyCFunction)Core_scan, METH_O, NULL},
-    {"scan_v2", (PyCFunction)Core_scan_v2, METH_O, NULL},
+    {"scan_v2", (PyCFunction)Core_scan_v2, METH_VARARGS, NULL},
     {"apply", (PyCFunction)Core_apply, METH_VARARGS, NULL},
     {"configure_templates", (PyCFunction)Core_configure_templates, METH_VARARGS, NULL},
     {"add_template", (PyCFunction)Core_add_template, METH_VARARGS, NULL},

@@ -451,6 +451,12 @@ static int decode_v2_series(const uint8_t *buf, size_t pos, size_t end, size_t i
             name_ref = (int64_t)value_ref_at->value;
     }
     size_t labels_start = batch->njoined;
+    /* References let a small request name a long string many times: written out, the labels
+     * may take no more than a request may (max_decoded_bytes). */
+    if (total > batch->max_label_bytes - labels_start)
+        FAILF("remote write 2.0: written out, the request's labels take more than %zu bytes "
+              "(max_decoded_bytes)",
+              batch->max_label_bytes);
     if (ep_grow((void **)&batch->joined, &batch->joined_cap, labels_start + total, 1) < 0)
         return -2;
     uint8_t *p = batch->joined + labels_start;

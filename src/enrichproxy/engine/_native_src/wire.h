@@ -55,6 +55,7 @@ typedef struct {
     SeriesType *types;
     size_t ntypes, types_cap;
     uint8_t *last_type; /* per name symbol, the type last handed on (0: none) */
+    size_t max_label_bytes; /* the labels written out may take this much at most */
     size_t last_type_cap;
     char message[192];
 } Batch;
