@@ -75,10 +75,11 @@ fmt: $(TEST_STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-# The C decoder against the Python one for a minute (tests/fuzz/fuzz_decoder.py; `make test`
+# The C decoders against the Python ones for a minute each (tests/fuzz/fuzz_decoder*.py; `make test`
 # runs it briefly). A difference stops it and leaves the input as crash-* in this directory.
 fuzz: $(TEST_STAMP)
 	$(BIN)/python tests/fuzz/fuzz_decoder.py -max_total_time=60 -print_final_stats=1
+	$(BIN)/python tests/fuzz/fuzz_decoder_v2.py -max_total_time=60 -print_final_stats=1
 
 # Both engines side by side (benchmarks/README.md). The instruction counts run under valgrind
 # (about two minutes more), so they have their own target.
@@ -97,7 +98,7 @@ clean:
 # Generated code is committed so an install needs no protoc; this regenerates it.
 proto: $(TEST_STAMP)
 	$(BIN)/pip install -q grpcio-tools mypy-protobuf
-	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/enrichproxy/wire/proto --mypy_out=src/enrichproxy/wire/proto proto/remote.proto
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/enrichproxy/wire/proto --mypy_out=src/enrichproxy/wire/proto proto/remote.proto proto/write_v2.proto
 
 # requirements.lock: the runtime dependencies and the build backend, pinned with the hashes of
 # every file PyPI has for them, for the Containerfile (`pip install --require-hashes`). Run it

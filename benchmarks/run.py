@@ -10,8 +10,12 @@ a table with one column per engine is printed at the end. Sections:
     fleet's documents. ``ingest`` is timed as a whole (it decompresses, decodes and applies);
     the first stage alone is timed in a separate pass over the same requests (Python:
     ``codec.decode_write_request(decompress(body))``; native: ``Core.scan(decompress(body))``),
-    and apply is the difference. "warm" is the steady state (every series seen before, as in
-    production, where the same series come back every scrape).
+    and apply is the difference. The same samples are also encoded as remote write 2.0
+    requests (the load generator's ``--protocol 2.0``: a symbols table per request, a type on
+    every series), and their decode (Python: ``v2.decode_v2_request``; native:
+    ``Core.scan_v2``) and ingest are timed the same way, on an engine of their own. "warm" is
+    the steady state (every series seen before, as in production, where the same series come
+    back every scrape).
 (2) ``--instructions``: instructions (callgrind's Ir) per input sample of ingest and of flush,
     in a child process per engine under ``valgrind --tool=callgrind``: a warm-up, then a few
     2,000-series requests, each ingest and each flush a callgrind dump of its own.
@@ -93,10 +97,12 @@ from enrichproxy.tools.loadgen import (
     RequestEncoder,
     RoundClock,
     SeedError,
+    V2RequestEncoder,
     generate_load,
     percentile,
 )
 from enrichproxy.wire import codec
+from enrichproxy.wire.v2 import WireProtocol, decode_v2_request
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = ROOT / "conf" / "enrichproxy.yaml"
@@ -142,19 +148,28 @@ class Request:
     samples: int
     now_ms: int
     """The proxy's clock when it handles this request: its newest sample time."""
+    body_v2: bytes = b""
+    """The same samples as a remote write 2.0 Request, snappy-compressed (section (1))."""
 
 
 def make_requests(fleet: Fleet, rounds: int, batch: int, first_ms: int) -> list[Request]:
     """``rounds`` scrapes of ``fleet``, 15 s apart, cut into requests as Prometheus would."""
     encoder = RequestEncoder()
+    encoder_v2 = V2RequestEncoder()
     batcher = Batcher(batch)
     requests: list[Request] = []
     for index in range(rounds):
         batcher.add(fleet.scrape(first_ms + index * SCRAPE_INTERVAL_MS).samples)
         while len(batcher) >= batch or (index == rounds - 1 and batcher):
             samples = batcher.take()
-            body = encoder.body(samples)
-            requests.append(Request(body, len(samples), max(s.timestamp_ms for s in samples)))
+            requests.append(
+                Request(
+                    encoder.body(samples),
+                    len(samples),
+                    max(s.timestamp_ms for s in samples),
+                    body_v2=encoder_v2.body(samples),
+                )
+            )
     return requests
 
 
@@ -171,16 +186,29 @@ def new_pipeline(config: Config, fleet: Fleet) -> Engine:
     return new_engine(config, fleet.documents(), "python")
 
 
-def decoder(engine: Engine, max_decoded_bytes: int) -> Callable[[bytes], object]:
+def decoder(
+    engine: Engine, max_decoded_bytes: int, protocol: WireProtocol = WireProtocol.V1
+) -> Callable[[bytes], object]:
     """The engine's first stage alone, for timing: decompress + decode of a request body.
 
     The Python engine decodes into Python objects (codec.decode_write_request, with its shortcut
-    for label sets already planned); the native one scans into its C request (Core.scan).
+    for label sets already planned; v2.decode_v2_request); the native one scans into its C
+    request (Core.scan, Core.scan_v2).
     """
     core = getattr(engine, "_core", None)
+    v2 = protocol is WireProtocol.V2
     if core is not None:
+        if v2:
+            scan_v2 = core.scan_v2
+            return lambda body: scan_v2(
+                codec.decompress(body, max_decoded_bytes), max_decoded_bytes
+            )
         scan = core.scan
         return lambda body: scan(codec.decompress(body, max_decoded_bytes))
+    if v2:
+        return lambda body: decode_v2_request(
+            codec.decompress(body, max_decoded_bytes), max_decoded_bytes
+        )
     known = getattr(engine, "known_label_bytes", ())
     return lambda body: codec.decode_write_request(codec.decompress(body, max_decoded_bytes), known)
 
@@ -223,14 +251,17 @@ def process(
     requests: Sequence[Request],
     max_samples_per_send: int,
     flush_every: int = 1,
+    protocol: WireProtocol = WireProtocol.V1,
 ) -> PhaseTimes:
     """Push ``requests`` through ``engine``, flushing after every ``flush_every``-th one."""
     times = PhaseTimes()
     clock = time.perf_counter
     last = len(requests)
+    v2 = protocol is WireProtocol.V2
     for number, request in enumerate(requests, 1):
+        body = request.body_v2 if v2 else request.body
         t1 = clock()
-        engine.ingest(request.body, request.now_ms)
+        engine.ingest(body, request.now_ms, protocol)
         t2 = clock()
         times.ingest += t2 - t1
         if number % flush_every == 0 or number == last:
@@ -243,11 +274,16 @@ def process(
     return times
 
 
-def time_decode(decode: Callable[[bytes], object], requests: Sequence[Request]) -> float:
+def time_decode(
+    decode: Callable[[bytes], object],
+    requests: Sequence[Request],
+    protocol: WireProtocol = WireProtocol.V1,
+) -> float:
+    v2 = protocol is WireProtocol.V2
     clock = time.perf_counter
     start = clock()
     for request in requests:
-        decode(request.body)
+        decode(request.body_v2 if v2 else request.body)
     return clock() - start
 
 
@@ -255,6 +291,8 @@ def time_decode(decode: Callable[[bytes], object], requests: Sequence[Request]) 
 class PipelineResult:
     warm: dict[int, list[PhaseTimes]] = field(default_factory=dict)
     """Timings of each repeat, by how many requests go between flushes."""
+    warm_v2: list[PhaseTimes] = field(default_factory=list)
+    """The same requests as 2.0, flushing every ``--flush-every``."""
     warm_samples: int = 0
     cold: list[float] = field(default_factory=list)
     cold_samples: int = 0
@@ -301,6 +339,17 @@ def bench_pipeline(args: argparse.Namespace, config: Config, engine: str) -> Pip
             times.decode = time_decode(decode, chunk)
             runs.append(times)
             result.warm_samples = sum(r.samples for r in chunk)
+    # The same samples as 2.0 requests, on an engine of their own (the label bytes are the
+    # same, so it could share one; separate keeps each run's steady state its own).
+    v2 = WireProtocol.V2
+    warm = new_engine(config, fleet.documents(), engine)
+    decode = decoder(warm, config.max_decoded_bytes, v2)
+    process(warm, requests[:warmup], per_send, args.flush_every, v2)
+    for index in range(args.repeat):
+        chunk = requests[warmup + index * per_repeat : warmup + (index + 1) * per_repeat]
+        times = process(warm, chunk, per_send, args.flush_every, v2)
+        times.decode = time_decode(decode, chunk, v2)
+        result.warm_v2.append(times)
 
     if args.profile and engine == "python":
         profile_pipeline(args, config, requests, warmup)
@@ -359,6 +408,16 @@ def report_pipeline(
             )
             summary.put(
                 f"(1) samples/s warm, flush every {every}", engine, f"{samples / total:,.0f}"
+            )
+    if result.warm_v2:
+        print(f"    the same samples as remote write 2.0, flush every {flush_every} requests:")
+        for phase in ("decode", "ingest"):
+            seconds = statistics.median(getattr(t, phase) for t in result.warm_v2)
+            row(f"  2.0: {PHASE_LABELS[phase]}", samples, seconds)
+            summary.put(
+                f"(1) µs/sample 2.0: {PHASE_LABELS[phase].strip()}",
+                engine,
+                f"{seconds / samples * 1e6:.2f}",
             )
     cold = statistics.median(result.cold)
     row("cold: first scrape, fresh engine", result.cold_samples, cold)

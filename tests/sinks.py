@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from enrichproxy.model import Labels
+from enrichproxy.model import Labels, MetricType
 from enrichproxy.wire.codec import decode_labels, decode_write_request, decompress
+from enrichproxy.wire.v2 import MESSAGE_V2, SAMPLES_WRITTEN_HEADER, decode_v2_request
 
 
 @dataclass
 class Received:
     headers: dict[str, str]
     series: list[tuple[Labels, list[tuple[int, float]]]]
+    types: dict[str, MetricType] = field(default_factory=dict)
+    """Remote write 2.0: metric name → the type its series came with."""
 
 
 @dataclass
@@ -56,13 +59,27 @@ class RecordingSink:
         """Requests that followed a redirect to MOVED_PATH."""
         self.streamed = 0
         """Bytes of streamed answers the client took before it hung up."""
+        self.speaks_v2 = True
+        """False: answer 415 to remote write 2.0, as a 1.x receiver does."""
+        self.ignores_content_type = False
+        """True: read every body as 1.0, as receivers older than 2.0 do (a 2.0 body reads as
+        an empty request, answered 204 without the written counts)."""
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         await self.hold.wait()
-        body = decode_write_request(decompress(await request.read()))
+        data = decompress(await request.read())
+        v2 = f"proto={MESSAGE_V2}" in request.headers.get("Content-Type", "")
+        if v2 and not self.ignores_content_type:
+            if not self.speaks_v2:
+                self.attempts.append(Received(dict(request.headers), []))
+                return web.Response(status=415, text="remote write 2.0 is not supported")
+            body = decode_v2_request(data)
+        else:
+            body = decode_write_request(data)
         received = Received(
             dict(request.headers),
             [(decode_labels(s.label_bytes), s.samples) for s in body.series],
+            dict(body.series_types),
         )
         self.attempts.append(received)
         answer = self.answers.popleft() if self.answers else Answer()
@@ -71,7 +88,11 @@ class RecordingSink:
         self.arrived.set()
         if answer.stream_bytes:
             return await self._stream(request, answer)
-        return web.Response(status=answer.status, text=answer.body, headers=answer.headers)
+        headers = dict(answer.headers)
+        if v2 and not self.ignores_content_type:  # a 2.0 receiver says what it wrote
+            written = sum(len(samples) for _, samples in received.series)
+            headers.setdefault(SAMPLES_WRITTEN_HEADER, str(written))
+        return web.Response(status=answer.status, text=answer.body, headers=headers)
 
     async def _stream(self, request: web.Request, answer: Answer) -> web.StreamResponse:
         response = web.StreamResponse(status=answer.status, headers=answer.headers)

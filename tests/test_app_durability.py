@@ -13,6 +13,7 @@ from realparts import MongoServer
 from sinks import RecordingSink
 
 from enrichproxy.durability.input_log import Ticket
+from enrichproxy.wire.v2 import WireProtocol
 
 
 async def test_a_write_the_disk_refuses_is_answered_503_before_anything_is_applied(
@@ -36,7 +37,7 @@ async def test_a_write_the_disk_refuses_is_answered_503_before_anything_is_appli
     input_log = proxy.input_log
     assert input_log is not None
 
-    def full_disk(body: bytes) -> Ticket:
+    def full_disk(body: bytes, protocol: WireProtocol = WireProtocol.V1) -> Ticket:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(input_log, "append", full_disk)

@@ -4,9 +4,11 @@ Hypothesis writes random streams over a small world (a few pods, services and ti
 gauges and histogram buckets, two views, one of them capped) with everything that makes the
 aggregation hard: resets, staleness markers, NaNs, late, reordered, duplicate and far-future
 samples, series that appear and vanish, metadata that moves pods between services, metric
-types learnt late, flushes at any wall time, restarts from exported state and reloads; in
-some runs, input-series limits (total, per view) small enough for the streams to meet them.
-Both engines get the same stream; every ingest result, every output sample (value compared by its
+types learnt late (from 1.0 metadata requests and from 2.0 requests' per-series types, each
+Push in either protocol), flushes at any wall time (also in steps, with pushes between them),
+restarts from exported state and reloads; in some runs, input-series limits (total, per view)
+small enough for the streams to meet them. Both engines get the same stream; every ingest
+result, every output sample (value compared by its
 bits) and the exported state must be identical.
 """
 
@@ -29,6 +31,7 @@ from enrichproxy.engine.pipeline import Pipeline as PythonEngine
 from enrichproxy.metadata.table import MetadataTable, build_table
 from enrichproxy.model import STALE_NAN, MetricMetadata, MetricType
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
+from enrichproxy.wire.v2 import WireProtocol, encode_v2_request
 
 PODS = ["a", "b", "c", "d", "e"]
 SERVICES = ["s1", "s2", "s3"]
@@ -74,6 +77,8 @@ class Push:
     """(metric, pod, endpoint, samples as (offset from the clock, value))."""
     metadata: list[tuple[str, int]]
     at: int
+    protocol: WireProtocol = WireProtocol.V1
+    """In 2.0 the metadata's types go on the series of those metrics instead."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,7 @@ pushes = st.builds(
         st.tuples(st.sampled_from(["rpc", "temperature"]), st.sampled_from([1, 2])), max_size=1
     ),
     st.integers(min_value=0, max_value=25_000),
+    st.sampled_from(list(WireProtocol)),
 )
 tables = st.builds(
     Table,
@@ -170,6 +176,14 @@ def body_of(push: Push, clock: int) -> bytes:
             labels = (*labels[:2], ("le", "0.5"), labels[2])
         series.append(
             (encode_labels(labels), [(clock + offset, value) for offset, value in samples])
+        )
+    if push.protocol is WireProtocol.V2:
+        kinds = dict(push.metadata)
+        return compress(
+            encode_v2_request(
+                (labels, samples, MetricType(kinds.get(metric, 0)))
+                for (labels, samples), (metric, *_) in zip(series, push.series, strict=True)
+            )
         )
     metadata = [MetricMetadata(family, MetricType(kind), "", "") for family, kind in push.metadata]
     return compress(encode_write_request(series, metadata))
@@ -257,8 +271,9 @@ class Twins:
     def push(self, step: Push) -> None:
         self.clock += step.at
         body = body_of(step, self.clock)
-        expected = outcome(lambda: self.python.ingest(body, self.clock))
-        assert outcome(lambda: self.native.ingest(body, self.clock)) == expected
+        protocol = step.protocol
+        expected = outcome(lambda: self.python.ingest(body, self.clock, protocol))
+        assert outcome(lambda: self.native.ingest(body, self.clock, protocol)) == expected
 
     def table(self, step: Table) -> MetadataTable:
         self.table_version += 1
@@ -337,7 +352,8 @@ def test_long_streams_match(seed: int) -> None:
             )
             for _ in range(rng.randint(1, 10))
         ]
-        return Push(series, [], rng.randint(0, 3_000))
+        protocol = WireProtocol.V2 if rng.random() < 0.3 else WireProtocol.V1
+        return Push(series, [], rng.randint(0, 3_000), protocol)
 
     for number in range(1500):
         roll = rng.random()

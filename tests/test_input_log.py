@@ -10,6 +10,7 @@ import pytest
 
 from enrichproxy.durability import input_log
 from enrichproxy.durability.input_log import InputLog
+from enrichproxy.wire.v2 import WireProtocol
 
 
 async def test_records_survive_a_reopen_until_a_checkpoint_covers_them(tmp_path: Path) -> None:
@@ -96,3 +97,17 @@ async def test_a_refused_request_is_never_applied_again(tmp_path: Path) -> None:
     log.void(tickets[1])
     await log.stop()
     assert [r.body for r in InputLog(tmp_path / "wal").unapplied(0)] == [b"good", b"good too"]
+
+
+async def test_a_request_keeps_its_protocol_for_the_replay(tmp_path: Path) -> None:
+    log = InputLog(tmp_path / "wal")
+    log.start()
+    first = log.append(b"a 1.0 body")
+    second = log.append(b"a 2.0 body", WireProtocol.V2)
+    await asyncio.gather(log.durable(first), log.durable(second))
+    await log.stop()
+    records = InputLog(tmp_path / "wal").unapplied(0)
+    assert [(r.body, InputLog.protocol_of(r)) for r in records] == [
+        (b"a 1.0 body", WireProtocol.V1),
+        (b"a 2.0 body", WireProtocol.V2),
+    ]

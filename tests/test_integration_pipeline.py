@@ -190,11 +190,11 @@ def test_bad_input_is_refused_and_the_server_stays_up(
     assert "protobuf" in reason
     huge = b"\x80\x80\x80\x80\x08" + b"\x00" * 16  # declares 2 GiB decoded
     assert proxy.post(huge, RW_HEADERS)[0] == 413
-    v2 = {
+    unknown = {
         **RW_HEADERS,
-        "Content-Type": "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+        "Content-Type": "application/x-protobuf;proto=io.prometheus.write.v3.Request",
     }
-    assert proxy.post(compress(b""), v2)[0] == 415
+    assert proxy.post(compress(b""), unknown)[0] == 415
     assert proxy.post(b"", {**RW_HEADERS, "Content-Encoding": "gzip"})[0] == 415
     assert proxy.get("/api/v1/write")[0] == 405
     assert proxy.get("/-/healthy")[0] == 200

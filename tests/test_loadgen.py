@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from pymongo import AsyncMongoClient
 from realparts import MongoServer, PrometheusProcess, ProxyProcess, free_port, poll_until
 
 from enrichproxy import __version__
-from enrichproxy.model import METRIC_NAME_LABEL, is_stale_marker
+from enrichproxy.model import METRIC_NAME_LABEL, MetricType, is_stale_marker
 from enrichproxy.tools.loadgen import (
     DEFAULT_URL,
     EXIT_NOT_ALL_ACCEPTED,
@@ -37,6 +38,7 @@ from enrichproxy.tools.loadgen import (
     RoundClock,
     Sample,
     Scrape,
+    V2RequestEncoder,
     add_arguments,
     batches,
     fleet_from_args,
@@ -52,6 +54,8 @@ from enrichproxy.wire.codec import (
     encode_labels,
     encode_write_request,
 )
+from enrichproxy.wire.proto import write_v2_pb2
+from enrichproxy.wire.v2 import decode_v2_request
 
 T0 = 1_800_000_000_000
 DEMO_METADATA = Path(__file__).resolve().parent.parent / "conf" / "metadata.yaml"
@@ -235,6 +239,34 @@ def test_encoder_writes_what_the_codec_writes_and_it_decodes_back() -> None:
                     assert is_stale_marker(value)
                 else:
                     assert value == sample.value
+
+
+def test_2_0_encoder_writes_the_same_series_with_their_types() -> None:
+    """--protocol 2.0: the same series and samples as 1.0, a fresh symbols table per request,
+    and the fleet's metric types, checked with the official schema's parser too."""
+    fleet = Fleet(20, seed=4, churn_probability=0.2)
+    v1, v2 = RequestEncoder(), V2RequestEncoder()
+    for scrape in scrapes(fleet, 2):
+        for batch in batches(scrape.samples, 128):
+            expected = decode_write_request(v1.encode(batch))
+            data = v2.encode(batch)
+            decoded = decode_v2_request(data)
+            assert [s.label_bytes for s in decoded.series] == [
+                s.label_bytes for s in expected.series
+            ]
+            assert [[(t, struct.pack("<d", v)) for t, v in s.samples] for s in decoded.series] == [
+                [(t, struct.pack("<d", v)) for t, v in s.samples] for s in expected.series
+            ]
+            message = write_v2_pb2.Request.FromString(data)
+            assert message.symbols[0] == ""
+            types = {
+                message.symbols[item.labels_refs[1]]: MetricType(item.metadata.type)
+                for item in message.timeseries
+                if message.symbols[item.labels_refs[0]] == METRIC_NAME_LABEL
+            }
+            assert types["order_create_failed_total"] == MetricType.COUNTER
+            assert types["checkout_inflight_requests"] == MetricType.GAUGE
+            assert types["http_request_duration_seconds_bucket"] == MetricType.HISTOGRAM
 
 
 def test_encoder_handles_timestamps_of_every_varint_length() -> None:

@@ -6,7 +6,8 @@ ASan runtime preloaded, since the interpreter itself is not instrumented) and ru
 differential (tests/fuzz/fuzz_decoder.py) over the fixtures, the edge cases and generated
 requests of tests/test_native_decoder.py and thousands of mutations of them, then a native
 engine through ingest, flush, table changes, export and restore of its state and
-reconfiguration. Any sanitizer report ends the child with an error.
+reconfiguration, with the 2.0 decoder and output encoder on the way. Any sanitizer report
+ends the child with an error.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ print("native module:", _native.__file__)
 
 sys.path[:0] = [sys.argv[2], sys.argv[2] + "/fuzz"]
 import fuzz_decoder
+import fuzz_decoder_v2
 import test_native_decoder
 from hypothesis import HealthCheck, given, settings
 
@@ -50,6 +52,7 @@ from enrichproxy.errors import RequestError
 from enrichproxy.metadata.table import build_table
 from enrichproxy.model import STALE_NAN, MetricMetadata, MetricType
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
+from enrichproxy.wire.v2 import WireProtocol, encode_v2_request, encode_v2_samples
 
 rng = random.Random(1)
 
@@ -95,6 +98,18 @@ for _ in range(3000):
         body = body[start:start + rng.randint(0, 400)]
     fuzz_decoder.check(body)
 print("decoder: ok")
+
+# --- the remote write 2.0 decoder ---
+v2_bodies = fuzz_decoder_v2.seed_bodies()
+for body in v2_bodies:
+    fuzz_decoder_v2.check(body)
+for _ in range(3000):
+    body = mutate(rng.choice(v2_bodies))
+    if rng.random() < 0.7:
+        start = rng.randrange(len(body) + 1)
+        body = body[start:start + rng.randint(0, 400)]
+    fuzz_decoder_v2.check(body)
+print("decoder 2.0: ok")
 
 
 # --- the engine ---
@@ -147,13 +162,23 @@ def random_body():
         MetricMetadata(rng.choice(METRICS), MetricType(rng.randint(0, 4)), "", "")
         for _ in range(rng.randint(0, 2))
     ]
-    return compress(encode_write_request(series, metadata))
+    if rng.random() < 0.3:  # the same as remote write 2.0, types on the series
+        return compress(
+            encode_v2_request(
+                (labels, samples, MetricType(rng.randint(0, 4))) for labels, samples in series
+            )
+        ), WireProtocol.V2
+    return compress(encode_write_request(series, metadata)), WireProtocol.V1
 
 
-def ingest(body):
+def type_of(name):
+    return MetricType(len(name) % 8)
+
+
+def ingest(body, protocol=WireProtocol.V1):
     global ingested, refused
     try:
-        engine.ingest(body, clock)
+        engine.ingest(body, clock, protocol)
         ingested += 1
     except RequestError:
         refused += 1
@@ -163,13 +188,17 @@ for step in range(2500):
     roll = rng.random()
     if roll < 0.6:
         clock += rng.randint(0, 3_000)
-        ingest(random_body())
+        ingest(*random_body())
     elif roll < 0.7:
         body = rng.choice(bodies)
         ingest(compress(mutate(body) if rng.random() < 0.5 else body))
     elif roll < 0.76:
         clock += rng.randint(0, 8_000)
-        emitted += sum(len(out.samples) for out in engine.flush(clock, rng.random() < 0.05))
+        for out in engine.flush(clock, rng.random() < 0.05):
+            emitted += len(out.samples)
+            # The native 2.0 output encoder, against the reference's.
+            native_v2 = engine.encode_output_v2(out.samples, type_of)
+            assert native_v2 == encode_v2_samples(out.samples, type_of)
     elif roll < 0.82:
         # A flush in steps of one input, with requests in between; now and then left
         # unfinished, for the next flush to finish (before anything else needs the whole view,
@@ -182,7 +211,7 @@ for step in range(2500):
                 next(steps)
                 if rng.random() < 0.3:
                     clock += rng.randint(0, 3_000)
-                    ingest(random_body())
+                    ingest(*random_body())
                 if rng.random() < 0.1:
                     outputs = engine.flush(clock)
                     emitted += sum(len(out.samples) for out in outputs)

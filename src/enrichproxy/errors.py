@@ -27,6 +27,9 @@ from __future__ import annotations
 class EnrichproxyError(Exception):
     """Base of every error enrichproxy raises on purpose."""
 
+    extra_headers: dict[str, str] = {}  # noqa: RUF012 (replaced per instance, never mutated)
+    """Headers the handler adds on its way out (remote write 2.0's written counts)."""
+
 
 class RequestError(EnrichproxyError):
     status: int = 400

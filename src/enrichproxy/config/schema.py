@@ -278,6 +278,9 @@ class RemoteWriteConfig:
     proxy_url: str | None = None
     """An HTTP proxy requests go through."""
     follow_redirects: bool = True
+    protobuf_message: str = "prometheus.WriteRequest"
+    """The message sent, Prometheus' spelling: ``prometheus.WriteRequest`` (remote write 1.0)
+    or ``io.prometheus.write.v2.Request`` (2.0; a 415 answer falls back to 1.0)."""
 
     def receives(self, view: str) -> bool:
         """Whether output of ``view`` goes to this destination."""
@@ -373,6 +376,9 @@ class _Section:
 
 # Keys of Prometheus' remote_write that enrichproxy does not implement, and why: a pasted block
 # that uses one is refused with this reason instead of a bare "unknown key".
+# remote_write[].protobuf_message: remote write 1.0 (the default, as in Prometheus) and 2.0.
+PROTOBUF_MESSAGES = ("prometheus.WriteRequest", "io.prometheus.write.v2.Request")
+
 UNSUPPORTED_REMOTE_WRITE_KEYS = {
     "oauth2": "OAuth 2.0 is not supported: use authorization or basic_auth",
     "sigv4": "AWS SigV4 signing is not supported",
@@ -909,6 +915,7 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
         "enable_http2",
         "send_exemplars",
         "send_native_histograms",
+        "protobuf_message",
         *UNSUPPORTED_REMOTE_WRITE_KEYS,
     }
     destinations: list[RemoteWriteConfig] = []
@@ -1007,6 +1014,9 @@ def _parse_remote_write(data: Any, problems: _Problems) -> tuple[RemoteWriteConf
             ),
             proxy_url=section.get("proxy_url", None, _proxy_url),
             follow_redirects=section.get("follow_redirects", True, _boolean),
+            protobuf_message=section.get(
+                "protobuf_message", default.protobuf_message, _choice(*PROTOBUF_MESSAGES)
+            ),
         )
         if config.min_backoff_ms > config.max_backoff_ms:
             problems.add(section.at("min_backoff"), "must not exceed max_backoff")

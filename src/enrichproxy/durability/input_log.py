@@ -31,11 +31,15 @@ from pathlib import Path
 
 from enrichproxy.durability.disk_queue import Record, ShardQueue, fsync_paths
 from enrichproxy.durability.health import DurabilityHealth
+from enrichproxy.wire.v2 import WireProtocol
 
 REQUEST = 0
 """A request body as received."""
 VOID = 1
 """The body is the number (u64) of an earlier record the engine refused: never apply it."""
+REQUEST_V2 = 2
+"""A remote write 2.0 request body as received (a run that predates 2.0 skips it)."""
+_KIND_OF = {WireProtocol.V1: REQUEST, WireProtocol.V2: REQUEST_V2}
 _NUMBER = struct.Struct("<Q")
 
 
@@ -85,13 +89,20 @@ class InputLog:
         return [
             r
             for r in logged
-            if r.samples == REQUEST and r.number >= from_number and r.number not in voided
+            if r.samples in (REQUEST, REQUEST_V2)
+            and r.number >= from_number
+            and r.number not in voided
         ]
 
-    def append(self, body: bytes) -> Ticket:
+    @staticmethod
+    def protocol_of(record: Record) -> WireProtocol:
+        """The message a logged request body holds."""
+        return WireProtocol.V2 if record.samples == REQUEST_V2 else WireProtocol.V1
+
+    def append(self, body: bytes, protocol: WireProtocol = WireProtocol.V1) -> Ticket:
         """Log a request body (durable once ``durable`` returns); OSError if it could not be
         written, with nothing left of it on disk."""
-        number = self._queue.append(body, REQUEST)
+        number = self._queue.append(body, _KIND_OF[protocol])
         self._in_flight.add(number)
         self._wanted.set()
         return Ticket(number, self._epoch)

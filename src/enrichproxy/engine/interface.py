@@ -23,6 +23,7 @@ from enrichproxy.engine.enrich import Lookup
 from enrichproxy.engine.planner import Planner
 from enrichproxy.metadata.table import MetadataTable
 from enrichproxy.model import Labels, OutputSample
+from enrichproxy.wire.v2 import TypeOf, WireProtocol
 
 
 @dataclass
@@ -143,13 +144,16 @@ class Engine(Protocol):
     """The configuration-derived cold path (views, rules, tables in use, metric types learnt),
     shared by every engine; explain reads the enrichment part from it."""
 
-    def ingest(self, body: bytes, now_ms: int) -> IngestResult:
+    def ingest(
+        self, body: bytes, now_ms: int, protocol: WireProtocol = WireProtocol.V1
+    ) -> IngestResult:
         """Apply the remote-write request ``body``, exactly as received (snappy-compressed
-        protobuf), to every view. PayloadTooLarge past ``max_decoded_bytes``, DecodeError or
-        LimitExceeded leave no sample of the request applied."""
+        protobuf of the message ``protocol`` names), to every view. PayloadTooLarge past
+        ``max_decoded_bytes``, DecodeError or LimitExceeded leave no sample of the request
+        applied."""
         ...
 
-    def prepare(self, body: bytes) -> object:
+    def prepare(self, body: bytes, protocol: WireProtocol = WireProtocol.V1) -> object:
         """The first part of ``ingest``: decompress (and decode, as far as that reads no state
         of the engine). Safe to call from another thread while the engine is in use; raises
         what ``ingest`` raises for a body it refuses."""
@@ -182,6 +186,12 @@ class Engine(Protocol):
     def encode_output(self, samples: Sequence[OutputSample]) -> bytes:
         """``samples`` as one WriteRequest (uncompressed), as codec.encode_samples makes it.
         Stateless and thread-safe: the forwarder encodes its batches with it."""
+        ...
+
+    def encode_output_v2(self, samples: Sequence[OutputSample], type_of: TypeOf) -> bytes:
+        """``samples`` as one remote write 2.0 Request (uncompressed), as
+        wire.v2.encode_v2_samples makes it, each series typed by ``type_of(metric name)``.
+        Stateless and thread-safe, as ``encode_output``."""
         ...
 
     def set_table(self, table: MetadataTable, rule_index: int = 0) -> bool:

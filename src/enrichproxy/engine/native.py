@@ -49,6 +49,7 @@ from enrichproxy.engine.interface import (
     run_steps,
 )
 from enrichproxy.engine.limits import check_labels, check_series_count
+from enrichproxy.engine.metric_types import series_metadata
 from enrichproxy.engine.pipeline import (
     DROP_CARDINALITY_LIMIT,
     DROP_FUTURE,
@@ -72,15 +73,18 @@ from enrichproxy.model import (
     VIEW_LABEL,
     Labels,
     MetricMetadata,
+    MetricType,
     OutputSample,
 )
 from enrichproxy.wire.codec import (
+    DEFAULT_MAX_DECODED_BYTES,
     DecodedRequest,
     decode_labels,
     decode_metadata,
     decompress_buffer,
     encode_write_request,
 )
+from enrichproxy.wire.v2 import TypeOf, WireProtocol, encode_v2_samples
 
 # Numbered as the core counts them (core.c's DROP_* constants).
 DROP_REASONS = (
@@ -241,24 +245,37 @@ class NativeEngine:
 
     # --- the hot path ---------------------------------------------------------------------------
 
-    def ingest(self, body: bytes, now_ms: int) -> IngestResult:
+    def ingest(
+        self, body: bytes, now_ms: int, protocol: WireProtocol = WireProtocol.V1
+    ) -> IngestResult:
         """Apply every sample of the request ``body`` (snappy, as received) to every view.
 
         As in the reference, every series is planned before any sample is applied, so a
         DecodeError or LimitExceeded leaves no sample of the refused request applied.
         """
-        return run_steps(self.ingest_steps(self.prepare(body), now_ms))
+        return run_steps(self.ingest_steps(self.prepare(body, protocol), now_ms))
 
     def encode_output(self, samples: Sequence[OutputSample]) -> bytes:
         """codec.encode_samples, in C."""
         return _native.encode_samples(samples)
 
-    def prepare(self, body: bytes) -> _native.Request:
-        """Decompressed and scanned into the core's flat arrays (no engine state is read)."""
-        return self._scan(decompress_buffer(body, self.config.max_decoded_bytes))
+    def encode_output_v2(self, samples: Sequence[OutputSample], type_of: TypeOf) -> bytes:
+        """wire.v2.encode_v2_samples, in C for label bytes in the plain form (all of the
+        engine's output)."""
+        encoded = _native.encode_samples_v2(samples, type_of)
+        return encode_v2_samples(samples, type_of) if encoded is None else encoded
 
-    def _scan(self, data: bytes | memoryview) -> _native.Request:
+    def prepare(self, body: bytes, protocol: WireProtocol = WireProtocol.V1) -> _native.Request:
+        """Decompressed and scanned into the core's flat arrays (no engine state is read); a
+        2.0 request's labels are written out there in 1.0's form (wire.c, wire/v2.py)."""
+        return self._scan(decompress_buffer(body, self.config.max_decoded_bytes), protocol)
+
+    def _scan(
+        self, data: bytes | memoryview, protocol: WireProtocol = WireProtocol.V1
+    ) -> _native.Request:
         try:
+            if protocol is WireProtocol.V2:
+                return self._core.scan_v2(data, self.config.max_decoded_bytes)
             return self._core.scan(data)
         except _native.WireError as exc:
             raise DecodeError(str(exc)) from None
@@ -267,7 +284,9 @@ class NativeEngine:
         """An already decoded request, as the reference's ``Pipeline.apply`` takes it (tests
         and tools): encoded again and ingested."""
         series = [(raw.label_bytes, raw.samples) for raw in request.series]
-        data = encode_write_request(series, request.metadata)
+        data = encode_write_request(
+            series, request.metadata + series_metadata(request.series_types)
+        )
         result = run_steps(self.ingest_steps(self._scan(data), now_ms))
         # Counted by the decoder only: the encoding above carries no histogram or exemplar.
         if request.histograms:
@@ -295,6 +314,10 @@ class NativeEngine:
             decode_metadata(bytes(data[start:stop]), 0, stop - start)
             for start, stop in request.metadata()
         ]
+        metadata += series_metadata(
+            (name.decode("utf-8", "replace"), MetricType(number))
+            for name, number in request.series_types()
+        )
         check_series_count(request.series_count, self.planner.limits)
         self.learn_types(metadata)
         if core.cached_series > MAX_CACHED_SERIES or len(self._dependencies) > (
@@ -794,3 +817,16 @@ def decode_write_request_natively(
 
 # A core with no views: only its decoder is used.
 _DECODER = _native.Core((), 0, EXPIRY_SWEEP_MS)
+
+
+def decode_v2_request_natively(
+    buf: bytes, max_label_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> tuple[list[tuple[bytes, list[tuple[int, float]]]], list[tuple[bytes, int]], int, int]:
+    """The C 2.0 decoder's reading of ``buf`` as Python values, for the fuzzer and the tests:
+    (series as (label bytes, samples), series types as (name bytes, type), exemplars,
+    histograms)."""
+    try:
+        request = _DECODER.scan_v2(buf, max_label_bytes)
+    except _native.WireError as exc:
+        raise DecodeError(str(exc)) from None
+    return request.series(), request.series_types(), request.exemplars, request.histograms

@@ -34,8 +34,10 @@ from enrichproxy.engine.interface import (
     ViewOutput,
     ViewStats,
     one_step,
+    run_steps,
 )
 from enrichproxy.engine.limits import check_labels, check_series_count
+from enrichproxy.engine.metric_types import series_metadata
 from enrichproxy.engine.planner import Planner, ViewPlan
 from enrichproxy.engine.views import Skip, View
 from enrichproxy.metadata.table import Key, MetadataTable
@@ -54,6 +56,7 @@ from enrichproxy.wire.codec import (
     encode_labels,
     encode_samples,
 )
+from enrichproxy.wire.v2 import TypeOf, WireProtocol, decode_v2_request, encode_v2_samples
 
 # Samples further ahead of our clock than this are refused by Prometheus (its TSDB limit); they
 # would also drag the aggregation watermark forward and make every real sample late.
@@ -196,23 +199,38 @@ class Pipeline:
 
     # --- the hot path ---------------------------------------------------------------------------
 
-    def ingest(self, body: bytes, now_ms: int) -> IngestResult:
+    def ingest(
+        self, body: bytes, now_ms: int, protocol: WireProtocol = WireProtocol.V1
+    ) -> IngestResult:
         """Apply the request ``body`` (snappy, as received); see ``apply``.
 
-        The labels of series already planned are not decoded again (codec.decode_write_request).
+        The labels of 1.0 series already planned are not decoded again
+        (codec.decode_write_request).
         """
-        return self.apply(decode_write_request(self.prepare(body), self.known_label_bytes), now_ms)
+        return run_steps(self.ingest_steps(self.prepare(body, protocol), now_ms))
 
     def encode_output(self, samples: Sequence[OutputSample]) -> bytes:
         return encode_samples(samples)
 
-    def prepare(self, body: bytes) -> bytes:
-        """Decompressed only: decoding reads the plans (the labels of known series are not
-        decoded again)."""
-        return decompress(body, self.max_decoded_bytes)
+    def encode_output_v2(self, samples: Sequence[OutputSample], type_of: TypeOf) -> bytes:
+        return encode_v2_samples(samples, type_of)
+
+    def prepare(
+        self, body: bytes, protocol: WireProtocol = WireProtocol.V1
+    ) -> bytes | DecodedRequest:
+        """1.0: decompressed only, since decoding reads the plans (the labels of known series
+        are not decoded again). 2.0: decoded too; its labels are written out per request
+        (wire/v2.py), with no plan to read."""
+        data = decompress(body, self.max_decoded_bytes)
+        if protocol is WireProtocol.V2:
+            return decode_v2_request(data, self.max_decoded_bytes)
+        return data
 
     def ingest_steps(self, prepared: object, now_ms: int) -> IngestSteps:
         """One step: the reference plans and applies a request as a whole."""
+        if isinstance(prepared, DecodedRequest):
+            request = prepared
+            return one_step(lambda: self.apply(request, now_ms))
         if not isinstance(prepared, bytes):
             raise TypeError("ingest_steps takes what prepare returned")
         return one_step(
@@ -227,8 +245,9 @@ class Pipeline:
         """
         series_list = request.series
         check_series_count(len(series_list), self.planner.limits)
-        result = IngestResult(metadata=len(request.metadata))
-        self.learn_types(request.metadata)
+        metadata = request.metadata + series_metadata(request.series_types)
+        result = IngestResult(metadata=len(metadata))
+        self.learn_types(metadata)
         plans = self._plans
         if len(plans) > MAX_CACHED_SERIES:
             self._forget_plans()

@@ -59,11 +59,21 @@ from enrichproxy.config.schema import RemoteWriteConfig
 from enrichproxy.durability.disk_queue import Record, ShardQueue
 from enrichproxy.durability.health import DurabilityHealth
 from enrichproxy.forward.relabel import Relabeler
-from enrichproxy.model import OutputSample
+from enrichproxy.model import MetricType, OutputSample
 from enrichproxy.server.auth import outbound_authorization
 from enrichproxy.server.telemetry import Telemetry
 from enrichproxy.server.tls import client_context
 from enrichproxy.wire.codec import compress, encode_samples
+from enrichproxy.wire.v2 import (
+    CONTENT_TYPE_V2,
+    SAMPLES_WRITTEN_HEADER,
+    VERSION_HEADER_V2,
+    TypeOf,
+    WireProtocol,
+    body_protocol,
+    encode_v2_samples,
+    transcode,
+)
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -75,6 +85,12 @@ REMOTE_WRITE_HEADERS = {
     "Content-Type": "application/x-protobuf",
     "X-Prometheus-Remote-Write-Version": "0.1.0",
     "User-Agent": f"enrichproxy/{__version__}",
+}
+# What changes for a destination sent remote write 2.0 (protobuf_message).
+REMOTE_WRITE_V2_HEADERS = {
+    **REMOTE_WRITE_HEADERS,
+    "Content-Type": CONTENT_TYPE_V2,
+    "X-Prometheus-Remote-Write-Version": VERSION_HEADER_V2,
 }
 # Bytes of an error answer kept for the log: receivers explain themselves in the body.
 MAX_ERROR_BODY = 512
@@ -117,9 +133,18 @@ def is_retryable(status: int | None) -> bool:
     )
 
 
+V2Encoder = Callable[[Sequence[OutputSample], TypeOf], bytes]
+"""Output samples and a type lookup → an uncompressed 2.0 Request: ``encode_v2_samples``
+here, or the engine's (``Engine.encode_output_v2``)."""
+
 SampleEncoder = Callable[[Sequence[OutputSample]], bytes]
 """Output samples → an uncompressed WriteRequest, samples of one series grouped, order kept:
 ``encode_samples`` here, or the native engine's (``Engine.encode_output``)."""
+
+
+def no_types(_metric_name: str) -> MetricType:
+    """The type lookup of a forwarder told nothing: every series goes out untyped."""
+    return MetricType.UNKNOWN
 
 
 def encode_batch(batch: Sequence[OutputSample], encode: SampleEncoder = encode_samples) -> bytes:
@@ -264,9 +289,18 @@ class Destination:
         *,
         encode: SampleEncoder = encode_samples,
         health: DurabilityHealth | None = None,
+        types: TypeOf = no_types,
+        encode_v2: V2Encoder = encode_v2_samples,
     ) -> None:
         self.config = config
         self.name = config.name
+        self.protocol = WireProtocol(config.protobuf_message)
+        """What is sent: the configured message until a 415 makes a 2.0 destination fall back
+        to 1.0 (for as long as this destination runs; a restart or reload tries 2.0 again)."""
+        self._encode_v1 = encode
+        self._encode_v2 = encode_v2
+        self._types = types
+
         self._session = session
         self._telemetry = telemetry
         self._rng = rng or random.Random()
@@ -274,9 +308,9 @@ class Destination:
         queue = config.queue
         health = health or DurabilityHealth()
         self._shards: list[Shard] = [
-            DiskShard(Path(queue.path) / f"shard-{index}", limit, health, encode)
+            DiskShard(Path(queue.path) / f"shard-{index}", limit, health, self._encode)
             if queue is not None
-            else MemoryShard(limit, encode)
+            else MemoryShard(limit, self._encode)
             for index in range(config.shards)
         ]
         self._wakeups = [asyncio.Event() for _ in self._shards]
@@ -286,12 +320,15 @@ class Destination:
         self._update_idle()
         # Built once; holds the credentials, so it is never logged. The remote-write headers
         # come last: nothing configured can override them.
-        self._headers = {
+        configured = {
             **dict(config.headers),
             **outbound_authorization(
                 config.basic_auth, config.bearer_token, config.authorization_type
             ),
-            **REMOTE_WRITE_HEADERS,
+        }
+        self._headers = {
+            WireProtocol.V1: {**configured, **REMOTE_WRITE_HEADERS},
+            WireProtocol.V2: {**configured, **REMOTE_WRITE_V2_HEADERS},
         }
         tls = config.tls_config
         self._ssl: SSLContext | bool = (
@@ -311,6 +348,12 @@ class Destination:
         telemetry.watch_function(
             telemetry.queue_bytes.labels(self.name), lambda: float(self.queued_bytes)
         )
+
+    def _encode(self, batch: Sequence[OutputSample]) -> bytes:
+        """A batch in the protocol the destination speaks now."""
+        if self.protocol is WireProtocol.V2:
+            return self._encode_v2(batch, self._types)
+        return self._encode_v1(batch)
 
     @property
     def queued(self) -> int:
@@ -457,7 +500,21 @@ class Destination:
         body = batch.body
         attempt = 0
         while True:
-            status, detail, retry_after = await self._attempt(body)
+            # Queued before a fallback, or on disk from a run configured otherwise.
+            sent_as = self.protocol
+            if body_protocol(body) is not sent_as:
+                body = transcode(body, sent_as, self._types)
+            status, detail, retry_after, confirmed = await self._attempt(body)
+            if sent_as is WireProtocol.V2 and status is not None:
+                # A 1.x receiver answers 415 to 2.0, or, older still, reads the 2.0 body as an
+                # empty 1.0 request and answers 2xx without the written counts a 2.0 receiver
+                # must send (spec): either way nothing was written, so the batch goes again.
+                unconfirmed = 200 <= status < 300 and not confirmed and batch.samples
+                if status == 415 or unconfirmed:
+                    self._fall_back(
+                        detail if status == 415 else "2xx without the written-count headers"
+                    )
+                    continue
             if status is not None and 200 <= status < 300:
                 self._telemetry.forward_samples.labels(self.name).inc(batch.samples)
                 return True
@@ -500,6 +557,19 @@ class Destination:
             attempt += 1
             await asyncio.sleep(backoff)
 
+    def _fall_back(self, detail: str) -> None:
+        """The receiver speaks 1.0 only (spec: a sender may fall back); once per destination,
+        however many shards learn it."""
+        if self.protocol is WireProtocol.V1:
+            return
+        self.protocol = WireProtocol.V1
+        log.warning(
+            "destination=%s does not take remote write 2.0: sending 1.0 from now on answer=%r",
+            self.name,
+            detail,
+        )
+        self._telemetry.forward_protocol_fallbacks.labels(self.name).inc()
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         ceiling = self.config.max_backoff_ms / 1000
         base = min(ceiling, self.config.min_backoff_ms / 1000 * 2.0**attempt)
@@ -509,14 +579,16 @@ class Destination:
             delay = max(delay, retry_after)
         return delay
 
-    async def _attempt(self, body: bytes) -> tuple[int | None, str, float | None]:
+    async def _attempt(self, body: bytes) -> tuple[int | None, str, float | None, bool]:
+        """(status or None for no answer, what the answer said, Retry-After, whether the
+        answer carried a 2.0 receiver's written counts)."""
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_ms / 1000)
         started = time.perf_counter()
         try:
             async with self._session.post(
                 self.config.url,
                 data=body,
-                headers=self._headers,
+                headers=self._headers[self.protocol],
                 timeout=timeout,
                 ssl=self._ssl,
                 server_hostname=self._server_hostname,
@@ -531,11 +603,13 @@ class Destination:
                     detail = head.decode(errors="replace")
                 status: int | None = response.status
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                confirmed = SAMPLES_WRITTEN_HEADER in response.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
             status, detail, retry_after = None, f"{type(exc).__name__}: {exc}", None
+            confirmed = False
         self._telemetry.forward_duration.labels(self.name).observe(time.perf_counter() - started)
         self._telemetry.forward_requests.labels(self.name, str(status or "error")).inc()
-        return status, detail.strip(), retry_after
+        return status, detail.strip(), retry_after, confirmed
 
 
 async def read_capped(response: aiohttp.ClientResponse) -> bytes:
@@ -565,10 +639,15 @@ class Forwarder:
         encode: SampleEncoder = encode_samples,
         *,
         health: DurabilityHealth | None = None,
+        types: TypeOf = no_types,
+        encode_v2: V2Encoder = encode_v2_samples,
     ) -> None:
         self._configs = tuple(configs)
         self._telemetry = telemetry
         self._encode = encode
+        self._types = types
+        """Metric name → the type 2.0 destinations send its series with."""
+        self._encode_v2 = encode_v2
         self._health = health or DurabilityHealth()
         self._session: aiohttp.ClientSession | None = None
         self.destinations: list[Destination] = []
@@ -577,7 +656,13 @@ class Forwarder:
         self._session = aiohttp.ClientSession()
         self.destinations = [
             Destination(
-                config, self._session, self._telemetry, encode=self._encode, health=self._health
+                config,
+                self._session,
+                self._telemetry,
+                encode=self._encode,
+                health=self._health,
+                types=self._types,
+                encode_v2=self._encode_v2,
             )
             for config in self._configs
         ]
@@ -637,7 +722,13 @@ class Forwarder:
             destination = kept.get(config.name)
             if destination is None:
                 destination = Destination(
-                    config, self._session, self._telemetry, encode=self._encode, health=self._health
+                    config,
+                    self._session,
+                    self._telemetry,
+                    encode=self._encode,
+                    health=self._health,
+                    types=self._types,
+                    encode_v2=self._encode_v2,
                 )
                 destination.start()
             destinations.append(destination)

@@ -59,17 +59,26 @@ from enrichproxy.metadata.store import (
     Source,
     TableUpdate,
 )
+from enrichproxy.model import MetricType
 from enrichproxy.server import engine_gate
 from enrichproxy.server.auth import authenticator_for
 from enrichproxy.server.engine_gate import EngineGate
 from enrichproxy.server.engine_gate import flush as flush_in_steps
 from enrichproxy.server.telemetry import EXPOSITION_CONTENT_TYPE, Telemetry
+from enrichproxy.wire.v2 import (
+    EXEMPLARS_WRITTEN_HEADER,
+    HISTOGRAMS_WRITTEN_HEADER,
+    MESSAGE_V1,
+    MESSAGE_V2,
+    SAMPLES_WRITTEN_HEADER,
+    WireProtocol,
+)
 
 log = logging.getLogger(__name__)
 
 WRITE_PATH = "/api/v1/write"
-RW1_MESSAGE = "prometheus.WriteRequest"
-RW2_MESSAGE = "io.prometheus.write.v2.Request"
+RW1_MESSAGE = MESSAGE_V1
+RW2_MESSAGE = MESSAGE_V2
 # How often complete windows are looked for. Windows are seconds long; this only bounds how
 # much later than necessary a complete window leaves.
 MAX_FLUSH_DELAY_SECONDS = 5.0
@@ -123,31 +132,73 @@ class Proxy:
 PROXY = web.AppKey("proxy", Proxy)
 
 
-def check_media_type(content_type: str | None, content_encoding: str | None) -> None:
-    """Remote write 1.0 only, as the spec asks a receiver to decide: by Content-Type."""
+def check_media_type(content_type: str | None, content_encoding: str | None) -> WireProtocol:
+    """The message the body holds, decided by Content-Type as the 2.0 spec asks a receiver to:
+    ``proto=io.prometheus.write.v2.Request`` is 2.0; no ``proto`` parameter, or
+    ``proto=prometheus.WriteRequest``, is 1.0; anything else is a 415 naming what we accept."""
     if (content_encoding or "").strip().lower() != "snappy":
         raise UnsupportedMediaType(
             f"unsupported Content-Encoding {content_encoding!r}: remote write needs snappy"
         )
     if content_type is None:
-        return  # senders that predate the header mean 1.0
+        return WireProtocol.V1  # senders that predate the header mean 1.0
     media, _, params = content_type.partition(";")
     if media.strip().lower() != "application/x-protobuf":
         raise UnsupportedMediaType(
             f"unsupported Content-Type {media.strip()!r}: expected application/x-protobuf"
+            f" (remote write 1.0, or 2.0 with proto={RW2_MESSAGE})"
         )
+    protocol = WireProtocol.V1
     for param in params.split(";"):
         key, _, value = param.partition("=")
-        if key.strip().lower() == "proto" and value.strip() != RW1_MESSAGE:
+        if key.strip().lower() != "proto":
+            continue
+        message = value.strip().strip('"')
+        if message == RW1_MESSAGE:
+            protocol = WireProtocol.V1
+        elif message == RW2_MESSAGE:
+            protocol = WireProtocol.V2
+        else:
             raise UnsupportedMediaType(
-                f"unsupported message {value.strip()!r}: this receiver speaks remote write 1.0"
-                f" ({RW1_MESSAGE}); remote write 2.0 ({RW2_MESSAGE}) is not supported yet"
+                f"unsupported message {message!r}: this receiver accepts proto={RW1_MESSAGE}"
+                f" (remote write 1.0) and proto={RW2_MESSAGE} (remote write 2.0)"
             )
+    return protocol
+
+
+def written_headers(samples: int) -> dict[str, str]:
+    """What a 2.0 receiver must say it wrote, on every answer (spec, "Required Written
+    Response Headers"). Float samples count once applied; native histograms and exemplars
+    are not written (counted and skipped: enrichproxy_samples_dropped_total,
+    enrichproxy_exemplars_skipped_total), so they count 0."""
+    return {
+        SAMPLES_WRITTEN_HEADER: str(samples),
+        HISTOGRAMS_WRITTEN_HEADER: "0",
+        EXEMPLARS_WRITTEN_HEADER: "0",
+    }
 
 
 async def handle_write(request: web.Request) -> web.Response:
+    content_type = request.headers.get("Content-Type")
+    try:
+        protocol = check_media_type(content_type, request.headers.get("Content-Encoding"))
+    except UnsupportedMediaType as exc:
+        # A 2.0 request in a Content-Encoding we do not take: it is told nothing was written.
+        if f"proto={RW2_MESSAGE}" in (content_type or "").replace(" ", ""):
+            exc.extra_headers = written_headers(0)
+        raise
+    if protocol is WireProtocol.V1:
+        return await write(request, protocol)
+    # A request is applied whole or not at all, so an error answer wrote nothing.
+    try:
+        return await write(request, protocol)
+    except (RequestError, Unavailable) as exc:
+        exc.extra_headers = written_headers(0)
+        raise
+
+
+async def write(request: web.Request, protocol: WireProtocol) -> web.Response:
     proxy = request.app[PROXY]
-    check_media_type(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
     if not proxy.ready:
         if proxy.replaying:
             raise Unavailable("replaying the input log of the last run", retry_after_seconds=2)
@@ -161,11 +212,11 @@ async def handle_write(request: web.Request) -> web.Response:
     # On disk before it is applied: a write the disk refuses changes nothing and is answered
     # 503; one that is applied survives a crash (durability/input_log.py).
     input_log = proxy.input_log
-    ticket = await log_durably(input_log, body) if input_log is not None else None
+    ticket = await log_durably(input_log, body, protocol) if input_log is not None else None
     applied = False
     try:
         async with proxy.gate.shared():
-            result = await engine_gate.ingest(proxy.engine, body, now_ms())
+            result = await engine_gate.ingest(proxy.engine, body, now_ms(), protocol)
         applied = True
     finally:
         if input_log is not None and ticket is not None:
@@ -175,6 +226,8 @@ async def handle_write(request: web.Request) -> web.Response:
                 input_log.void(ticket)  # refused (4xx): a replay must refuse it too
     telemetry.record_ingest(result)
     telemetry.request_duration.observe(time.perf_counter() - started)
+    if protocol is WireProtocol.V2:
+        return web.Response(status=204, headers=written_headers(result.samples))
     return web.Response(status=204)
 
 
@@ -192,7 +245,7 @@ async def read_body(request: web.Request, timeout_seconds: float) -> bytes:
         raise ClientDisconnected("client closed the connection before its body was read") from None
 
 
-async def log_durably(input_log: InputLog, body: bytes) -> Ticket:
+async def log_durably(input_log: InputLog, body: bytes, protocol: WireProtocol) -> Ticket:
     """Append ``body`` to the input log and wait for its fsync; Unavailable (503) when the disk
     refuses it, with nothing of it kept. The failure itself is logged once and counted by
     DurabilityHealth, not for every refused request."""
@@ -200,7 +253,7 @@ async def log_durably(input_log: InputLog, body: bytes) -> Ticket:
         "the input log cannot be written to disk", retry_after_seconds=DISK_RETRY_AFTER_SECONDS
     )
     try:
-        ticket = input_log.append(body)
+        ticket = input_log.append(body, protocol)
     except OSError:
         raise unavailable from None
     try:
@@ -296,7 +349,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.warning("request refused path=%s status=%d reason=%s", request.path, exc.status, exc)
         if isinstance(exc, LimitExceeded):
             request.app[PROXY].telemetry.limit_rejections.labels(exc.limit).inc()
-        response = web.Response(status=exc.status, text=f"{exc}\n", headers=exc.headers)
+        response = web.Response(
+            status=exc.status, text=f"{exc}\n", headers={**exc.headers, **exc.extra_headers}
+        )
     except ClientDisconnected as exc:
         # The client's doing, and nothing was applied: INFO, no traceback. 499 as nginx
         # counts it; no one receives the answer.
@@ -307,7 +362,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = web.Response(
             status=exc.status,
             text=f"{exc.reason}; retry later\n",
-            headers={"Retry-After": str(exc.retry_after_seconds)},
+            headers={"Retry-After": str(exc.retry_after_seconds), **exc.extra_headers},
         )
     except ConfigError as exc:
         # Only a reload gets here. 500 as Prometheus answers it: the request was fine, the
@@ -521,7 +576,7 @@ async def replay_input_log(proxy: Proxy, input_log: InputLog, first: int) -> Non
     applied = 0
     for record in records:
         try:
-            proxy.engine.ingest(record.body, now_ms())
+            proxy.engine.ingest(record.body, now_ms(), input_log.protocol_of(record))
             applied += 1
         except RequestError as exc:  # it was accepted once: this cannot happen but must not stop us
             log.error("input log record %d skipped: %s", record.number, exc)
@@ -861,12 +916,23 @@ def create_app(
     engine, why = make_engine(config)
     log.info("engine=%s (%s)", engine.name, why)
     telemetry.record_build(engine.name)
+
+    def series_type(metric_name: str) -> MetricType:
+        """The type 2.0 destinations send a series with, from the engine in use at the time
+        (a reload replaces the engine; the types it learnt carry over)."""
+        return proxy.engine.planner.types.series_type(metric_name)
+
     proxy = Proxy(
         config=config,
         engine=engine,
         telemetry=telemetry,
         forwarder=Forwarder(
-            config.remote_write, telemetry, encode=engine.encode_output, health=health
+            config.remote_write,
+            telemetry,
+            encode=engine.encode_output,
+            health=health,
+            types=series_type,
+            encode_v2=engine.encode_output_v2,
         ),
         config_path=config_path,
         health=health,

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from enrichproxy.engine.interface import Engine, IngestResult, ViewOutput
+from enrichproxy.wire.v2 import WireProtocol
 
 OFF_LOOP_BYTES = 256 * 1024
 """Bodies at least this large (compressed) are decompressed and decoded in a worker thread:
@@ -66,13 +67,15 @@ class EngineGate:
                 self._open.set()
 
 
-async def ingest(engine: Engine, body: bytes, now_ms: int) -> IngestResult:
-    """``engine.ingest(body, now_ms)``, giving the event loop back between steps; the caller
-    holds the gate's shared side."""
+async def ingest(
+    engine: Engine, body: bytes, now_ms: int, protocol: WireProtocol = WireProtocol.V1
+) -> IngestResult:
+    """``engine.ingest(body, now_ms, protocol)``, giving the event loop back between steps;
+    the caller holds the gate's shared side."""
     if len(body) >= OFF_LOOP_BYTES:
-        prepared = await asyncio.to_thread(engine.prepare, body)
+        prepared = await asyncio.to_thread(engine.prepare, body, protocol)
     else:
-        prepared = engine.prepare(body)
+        prepared = engine.prepare(body, protocol)
     steps = engine.ingest_steps(prepared, now_ms)
     while True:
         try:

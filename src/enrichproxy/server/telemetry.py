@@ -238,6 +238,13 @@ class Telemetry:
             ["destination", "code"],
             registry=r,
         )
+        self.forward_protocol_fallbacks = Counter(
+            "enrichproxy_forward_protocol_fallbacks_total",
+            "Times a destination configured for remote write 2.0 answered 415 and was sent"
+            " 1.0 from then on, by destination.",
+            ["destination"],
+            registry=r,
+        )
         self.forward_retries = Counter(
             "enrichproxy_forward_retries_total",
             "Requests retried, by destination.",

@@ -45,7 +45,7 @@ from pymongo.errors import PyMongoError
 
 from enrichproxy import __version__
 from enrichproxy.config.durations import format_duration_ms, parse_duration_ms
-from enrichproxy.model import METRIC_NAME_LABEL, STALE_NAN, Labels
+from enrichproxy.model import METRIC_NAME_LABEL, STALE_NAN, Labels, MetricType
 from enrichproxy.wire.codec import (
     TAG_SAMPLE,
     TAG_SAMPLE_TIMESTAMP,
@@ -53,8 +53,10 @@ from enrichproxy.wire.codec import (
     TAG_TIMESERIES,
     compress,
     encode_labels,
+    encode_sample,
     encode_varint,
 )
+from enrichproxy.wire.v2 import CONTENT_TYPE_V2, VERSION_HEADER_V2
 
 # --- defaults -----------------------------------------------------------------------------------
 
@@ -87,6 +89,14 @@ REMOTE_WRITE_HEADERS = {
     "X-Prometheus-Remote-Write-Version": "0.1.0",
     "User-Agent": USER_AGENT,
 }
+
+# What a remote write 2.0 sender sends instead (protobuf_message: io.prometheus.write.v2.Request).
+REMOTE_WRITE_V2_HEADERS = {
+    **REMOTE_WRITE_HEADERS,
+    "Content-Type": CONTENT_TYPE_V2,
+    "X-Prometheus-Remote-Write-Version": VERSION_HEADER_V2,
+}
+PROTOCOLS = ("1.0", "2.0")
 
 PROGRESS_INTERVAL_S = 1.0
 # When the target is slower than the requested rate, the pacer does not build up credit for more
@@ -509,6 +519,66 @@ class RequestEncoder:
         return bytes((TAG_TIMESERIES,)) + length + label_bytes
 
 
+class V2RequestEncoder:
+    """Samples → ``io.prometheus.write.v2.Request`` bytes, as a 2.0 sender writes them: one
+    symbols table per request (so every request starts it afresh, as Prometheus does), each
+    series' labels as references into it, and its metric type in its metadata, which a 2.0
+    sender always sends (the fleet's metrics: a counter, a gauge and a classic histogram)."""
+
+    def __init__(self) -> None:
+        self._types: dict[Labels, bytes] = {}
+        """labels → the encoded metadata field of their series (empty: no type)."""
+
+    def encode(self, samples: Iterable[Sample]) -> bytes:
+        index: dict[str, int] = {"": 0}
+        parts: list[bytes] = []
+        for labels, timestamp_ms, value in samples:
+            refs = bytearray()
+            for pair in labels:
+                for text in pair:
+                    ref = index.get(text)
+                    if ref is None:
+                        ref = index[text] = len(index)
+                    refs += encode_varint(ref)
+            sample = encode_sample(timestamp_ms, value)
+            metadata = self._types.get(labels)
+            if metadata is None:
+                metadata = self._types[labels] = _metadata_field(labels)
+            series = b"".join(
+                (
+                    b"\x0a",
+                    encode_varint(len(refs)),
+                    refs,
+                    bytes((TAG_SAMPLE,)),
+                    encode_varint(len(sample)),
+                    sample,
+                    metadata,
+                )
+            )
+            parts.append(b"\x2a" + encode_varint(len(series)) + series)
+        symbols = [b"\x22" + encode_varint(len(t.encode())) + t.encode() for t in index]
+        return b"".join(symbols) + b"".join(parts)
+
+    def body(self, samples: Iterable[Sample]) -> bytes:
+        """A request body as sent: the encoded Request, snappy block format."""
+        return compress(self.encode(samples))
+
+
+def _metadata_field(labels: Labels) -> bytes:
+    """A 2.0 TimeSeries' metadata field giving the type of the fleet metric ``labels`` is of."""
+    name = dict(labels).get(METRIC_NAME_LABEL, "")
+    metric_type = MetricType.UNKNOWN
+    if name == FAILED_METRIC:
+        metric_type = MetricType.COUNTER
+    elif name == INFLIGHT_METRIC:
+        metric_type = MetricType.GAUGE
+    elif name.startswith(DURATION_METRIC):
+        metric_type = MetricType.HISTOGRAM
+    if not metric_type:
+        return b""
+    return b"\x2a\x02\x08" + bytes((int(metric_type),))
+
+
 # --- pacing and reporting -----------------------------------------------------------------------
 
 
@@ -769,6 +839,8 @@ class LoadSettings:
     timeout_ms: int = 10_000
     sample_interval_ms: int | None = None
     """Replay mode (see RoundClock): rounds this far apart in sample time; None: wall clock."""
+    protocol: str = "1.0"
+    """Remote write 1.0 or 2.0 (PROTOCOLS)."""
 
 
 PodsStartedHook = Callable[[list[PodMetadata]], None]
@@ -804,12 +876,18 @@ class _Progress:
 
 
 async def _post(
-    session: aiohttp.ClientSession, url: str, body: bytes, samples: int, report: LoadReport
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    samples: int,
+    report: LoadReport,
+    *,
+    headers: dict[str, str] = REMOTE_WRITE_HEADERS,
 ) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        async with session.post(url, data=body, headers=REMOTE_WRITE_HEADERS) as response:
+        async with session.post(url, data=body, headers=headers) as response:
             await response.read()
             status = str(response.status)
     except TimeoutError:  # aiohttp's timeouts are TimeoutError subclasses
@@ -854,7 +932,9 @@ async def generate_load(
     report = LoadReport(
         target_rate=settings.rate, concurrency=settings.concurrency, batch=settings.batch
     )
-    encoder = RequestEncoder()
+    v2 = settings.protocol == "2.0"
+    encoder = V2RequestEncoder() if v2 else RequestEncoder()
+    headers = REMOTE_WRITE_V2_HEADERS if v2 else REMOTE_WRITE_HEADERS
     batcher = Batcher(settings.batch)
     slots = asyncio.Semaphore(settings.concurrency)
     in_flight: set[asyncio.Task[None]] = set()
@@ -937,7 +1017,9 @@ async def generate_load(
                     break
                 pacer.sent(len(batch))
                 requests_started += 1
-                task = asyncio.create_task(_post(session, settings.url, body, len(batch), report))
+                task = asyncio.create_task(
+                    _post(session, settings.url, body, len(batch), report, headers=headers)
+                )
                 in_flight.add(task)
                 task.add_done_callback(finished)
         finally:
@@ -1115,6 +1197,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help=f"per-request timeout (default {DEFAULT_TIMEOUT}); no request is ever retried",
     )
+    target.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="1.0",
+        help="remote write 1.0 (prometheus.WriteRequest, the default) or 2.0"
+        " (io.prometheus.write.v2.Request: symbols table, a metric type on every series)",
+    )
     fleet = parser.add_argument_group("simulated fleet")
     fleet.add_argument(
         "--pods",
@@ -1208,6 +1297,7 @@ def settings_from_args(args: argparse.Namespace) -> LoadSettings:
         max_requests=args.requests,
         timeout_ms=args.timeout,
         sample_interval_ms=args.sample_interval,
+        protocol=args.protocol,
     )
 
 

@@ -63,6 +63,9 @@ class DecodedRequest:
     """Exemplars seen and skipped: they do not survive aggregation."""
     histograms: int = 0
     """Native histogram samples seen and skipped (not supported yet)."""
+    series_types: list[tuple[str, MetricType]] = field(default_factory=list)
+    """(metric name, type) from remote write 2.0's per-series metadata, in series order, each
+    name listed again only when its type changes within the request (wire/v2.py)."""
 
 
 # --- snappy -------------------------------------------------------------------------------------

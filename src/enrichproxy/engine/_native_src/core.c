@@ -588,8 +588,8 @@ static PyObject *Core_get_entries(Core *core, void *Py_UNUSED(closure)) {
 
 /* scan(buffer): decode a WriteRequest held in bytes or any other contiguous buffer (the
  * decompressor's own, so that a large body is not copied), which the request keeps. */
-static PyObject *Core_scan(Core *core, PyObject *arg) {
-    (void)core;
+static PyObject *scan_with(PyObject *arg, int (*decode)(const uint8_t *, size_t, Batch *),
+                           size_t max_label_bytes) {
     Request *request = PyObject_New(Request, &RequestType);
     if (request == NULL) return NULL;
     request->buffer = NULL;
@@ -597,6 +597,7 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
     request->asked = NULL;
     request->refused_kind = NULL;
     memset(&request->batch, 0, sizeof request->batch);
+    request->batch.max_label_bytes = max_label_bytes;
     if (PyObject_GetBuffer(arg, &request->view, PyBUF_SIMPLE) < 0) {
         Py_DECREF(request);
         return NULL;
@@ -615,7 +616,7 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
     size_t len = (size_t)request->view.len;
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = wire_decode(buf, len, &request->batch);
+    status = decode(buf, len, &request->batch);
     if (status == 0) {
         for (size_t i = 0; i < request->batch.nseries; i++) {
             SeriesRef *ref = &request->batch.series[i];
@@ -633,6 +634,27 @@ static PyObject *Core_scan(Core *core, PyObject *arg) {
         return NULL;
     }
     return (PyObject *)request;
+}
+
+static PyObject *Core_scan(Core *core, PyObject *arg) {
+    (void)core;
+    return scan_with(arg, wire_decode, 0);
+}
+
+/* scan_v2(buffer, max_label_bytes): the same for a remote write 2.0 Request (wire_decode_v2),
+ * whose labels written out may take max_label_bytes at most. */
+static PyObject *Core_scan_v2(Core *core, PyObject *args) {
+    (void)core;
+    PyObject *arg;
+    Py_ssize_t max_label_bytes;
+    if (!PyArg_ParseTuple(args, "On:scan_v2", &arg, &max_label_bytes)) return NULL;
+    if (max_label_bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_label_bytes must not be negative");
+        return NULL;
+    }
+    /* A series' labels are counted in 32 bits (SeriesRef.labels_len). */
+    size_t cap = (size_t)max_label_bytes < UINT32_MAX ? (size_t)max_label_bytes : UINT32_MAX;
+    return scan_with(arg, wire_decode_v2, cap);
 }
 
 static int series_planned(const Core *core, const SeriesRef *ref) {
@@ -1786,6 +1808,7 @@ static PyMethodDef Core_methods[] = {
     {"forget_plans_with", (PyCFunction)Core_forget_plans_with, METH_VARARGS, NULL},
     {"forget_capped", (PyCFunction)Core_forget_capped, METH_NOARGS, NULL},
     {"scan", (PyCFunction)Core_scan, METH_O, NULL},
+    {"scan_v2", (PyCFunction)Core_scan_v2, METH_VARARGS, NULL},
     {"apply", (PyCFunction)Core_apply, METH_VARARGS, NULL},
     {"configure_templates", (PyCFunction)Core_configure_templates, METH_VARARGS, NULL},
     {"add_template", (PyCFunction)Core_add_template, METH_VARARGS, NULL},
@@ -1851,6 +1874,26 @@ static PyObject *Request_metadata(Request *request, PyObject *Py_UNUSED(ignored)
     return list;
 }
 
+/* series_types() -> [(metric name bytes, type)]: a 2.0 request's per-series metadata types
+ * (wire_decode_v2); empty for 1.0. */
+static PyObject *Request_series_types(Request *request, PyObject *Py_UNUSED(ignored)) {
+    const Batch *batch = &request->batch;
+    const char *buf = (const char *)request->view.buf;
+    PyObject *list = PyList_New((Py_ssize_t)batch->ntypes);
+    if (list == NULL) return NULL;
+    for (size_t i = 0; i < batch->ntypes; i++) {
+        const SeriesType *entry = &batch->types[i];
+        PyObject *item = Py_BuildValue("(y#I)", buf + entry->name_start,
+                                       (Py_ssize_t)entry->name_len, (unsigned)entry->type);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    return list;
+}
+
 /* series() -> [(label bytes, [(timestamp, value)])]: the decoded request as Python values, for
  * tests and the fuzzer (the engine itself never builds them). */
 static PyObject *Request_series(Request *request, PyObject *Py_UNUSED(ignored)) {
@@ -1898,6 +1941,7 @@ static PyObject *Request_get_buffer(Request *request, void *Py_UNUSED(closure)) 
 static PyMethodDef Request_methods[] = {
     {"metadata", (PyCFunction)Request_metadata, METH_NOARGS, NULL},
     {"series", (PyCFunction)Request_series, METH_NOARGS, NULL},
+    {"series_types", (PyCFunction)Request_series_types, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2110,9 +2154,275 @@ done:
     return result;
 }
 
+/* --- remote write 2.0 output -------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *text;
+    uint32_t len;
+} Symbol;
+
+/* The request's symbols table: each distinct string once, "" first, in order of first use
+ * (as wire.v2._encode numbers them). Open addressing over indices into symbols[]. */
+typedef struct {
+    Symbol *symbols;
+    size_t nsymbols, symbols_cap;
+    uint32_t *slots; /* index + 1, 0: empty */
+    size_t cap;
+} SymbolTable;
+
+static int symbol_ref(SymbolTable *table, const uint8_t *text, uint32_t len, uint32_t *ref) {
+    if ((table->nsymbols + 1) * 2 > table->cap) {
+        size_t cap = table->cap ? table->cap * 2 : 64;
+        uint32_t *slots = calloc(cap, sizeof(uint32_t));
+        if (slots == NULL) return -2;
+        for (size_t k = 0; k < table->nsymbols; k++) {
+            const Symbol *one = &table->symbols[k];
+            size_t at = ep_hash(one->text, one->len) & (cap - 1);
+            while (slots[at]) at = (at + 1) & (cap - 1);
+            slots[at] = (uint32_t)k + 1;
+        }
+        free(table->slots);
+        table->slots = slots;
+        table->cap = cap;
+    }
+    size_t at = ep_hash(text, len) & (table->cap - 1);
+    for (; table->slots[at]; at = (at + 1) & (table->cap - 1)) {
+        const Symbol *one = &table->symbols[table->slots[at] - 1];
+        if (one->len == len && memcmp(one->text, text, len) == 0) {
+            *ref = table->slots[at] - 1;
+            return 0;
+        }
+    }
+    if (ep_grow((void **)&table->symbols, &table->symbols_cap, table->nsymbols + 1,
+                sizeof(Symbol)) < 0)
+        return -2;
+    table->symbols[table->nsymbols].text = text;
+    table->symbols[table->nsymbols].len = len;
+    table->slots[at] = (uint32_t)++table->nsymbols;
+    *ref = (uint32_t)table->nsymbols - 1;
+    return 0;
+}
+
+/* The type of one metric name: from ``types`` (name bytes -> int, filled as we go), else by
+ * calling type_of(name) once; -1 with an exception set, -3 when the name is not UTF-8. */
+static int metric_type_of(PyObject *types, PyObject *type_of, const uint8_t *name, uint32_t len,
+                          uint64_t *type) {
+    PyObject *key = PyBytes_FromStringAndSize((const char *)name, len);
+    if (key == NULL) return -1;
+    PyObject *known = PyDict_GetItemWithError(types, key);
+    if (known == NULL) {
+        if (PyErr_Occurred()) goto fail;
+        PyObject *text = PyUnicode_DecodeUTF8((const char *)name, len, "strict");
+        if (text == NULL) {
+            Py_DECREF(key);
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return -1;
+            PyErr_Clear();
+            return -3;
+        }
+        known = PyObject_CallOneArg(type_of, text);
+        Py_DECREF(text);
+        if (known == NULL) goto fail;
+        int stored = PyDict_SetItem(types, key, known);
+        Py_DECREF(known); /* the dict holds it */
+        if (stored < 0) goto fail;
+    }
+    Py_DECREF(key);
+    long long number = PyLong_AsLongLong(known);
+    if (number == -1 && PyErr_Occurred()) return -1;
+    *type = (uint64_t)number; /* as encode_varint writes a negative int: two's complement */
+    return 0;
+fail:
+    Py_DECREF(key);
+    return -1;
+}
+
+typedef struct {
+    size_t refs_start, nrefs; /* into the refs array */
+    uint64_t type;
+    size_t body;
+} OutSeriesV2;
+
+/* encode_samples_v2(samples, type_of): wire.v2.encode_v2_samples in C, byte for byte: a 2.0
+ * Request of (label bytes, timestamp ms, value), samples grouped per series in order of first
+ * appearance, one symbols table, each series typed by type_of(metric name) (asked once per
+ * name). None when some label bytes are not in the plain form (plan.h) or not UTF-8: the
+ * caller then uses the Python encoder, which knows every case. */
+static PyObject *module_encode_samples_v2(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *samples_arg, *type_of;
+    if (!PyArg_ParseTuple(args, "OO:encode_samples_v2", &samples_arg, &type_of)) return NULL;
+    PyObject *sequence = PySequence_Fast(samples_arg, "samples must be a sequence");
+    if (sequence == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    size_t cap = 16;
+    while (cap < (size_t)n * 2) cap *= 2;
+    uint32_t *slots = calloc(cap, sizeof(uint32_t));
+    OutSeries *series = malloc((size_t)(n ? n : 1) * sizeof(OutSeries));
+    OutSeriesV2 *extra = malloc((size_t)(n ? n : 1) * sizeof(OutSeriesV2));
+    int32_t *next = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    uint64_t *stamps = malloc((size_t)(n ? n : 1) * sizeof(uint64_t));
+    double *values = malloc((size_t)(n ? n : 1) * sizeof(double));
+    PyObject *types = PyDict_New();
+    SymbolTable table = {0};
+    LabelPair *pairs = NULL;
+    size_t pairs_cap = 0, npairs = 0;
+    uint32_t *refs = NULL;
+    size_t refs_cap = 0, nrefs = 0;
+    PyObject *result = NULL;
+    size_t nseries = 0;
+    uint32_t empty_ref;
+    if (slots == NULL || series == NULL || extra == NULL || next == NULL || stamps == NULL ||
+        values == NULL || types == NULL || symbol_ref(&table, (const uint8_t *)"", 0, &empty_ref) < 0) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(sequence, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_TypeError, "a sample is (label bytes, timestamp, value)");
+            goto done;
+        }
+        char *labels;
+        Py_ssize_t labels_len;
+        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(item, 0), &labels, &labels_len) < 0) goto done;
+        long long timestamp = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 1));
+        if (timestamp == -1 && PyErr_Occurred()) goto done;
+        double value = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 2));
+        if (value == -1.0 && PyErr_Occurred()) goto done;
+        stamps[i] = (uint64_t)timestamp;
+        values[i] = value;
+        next[i] = -1;
+        uint64_t hash = ep_hash((const uint8_t *)labels, (size_t)labels_len);
+        size_t at = hash & (cap - 1);
+        OutSeries *found = NULL;
+        for (; slots[at]; at = (at + 1) & (cap - 1)) {
+            OutSeries *candidate = &series[slots[at] - 1];
+            if (candidate->hash == hash && candidate->labels_len == labels_len &&
+                memcmp(candidate->labels, labels, (size_t)labels_len) == 0) {
+                found = candidate;
+                break;
+            }
+        }
+        if (found == NULL) {
+            found = &series[nseries++];
+            slots[at] = (uint32_t)nseries;
+            found->labels = labels;
+            found->labels_len = labels_len;
+            found->hash = hash;
+            found->first = (int32_t)i;
+            found->body = 0;
+        } else {
+            next[found->last] = (int32_t)i;
+        }
+        found->last = (int32_t)i;
+        found->body += sample_field_size(stamps[i]);
+    }
+    /* Each series' refs, symbols numbered in order of first use, and its type. */
+    for (size_t k = 0; k < nseries; k++) {
+        OutSeries *one = &series[k];
+        OutSeriesV2 *two = &extra[k];
+        int status = labels_parse_plain((const uint8_t *)one->labels, (size_t)one->labels_len,
+                                        &pairs, &pairs_cap, &npairs);
+        if (status == -2) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        if (status < 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        two->refs_start = nrefs;
+        two->nrefs = 2 * npairs;
+        if (ep_grow((void **)&refs, &refs_cap, nrefs + 2 * npairs, sizeof(uint32_t)) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        const uint8_t *name = (const uint8_t *)"";
+        uint32_t name_len = 0;
+        size_t refs_size = 0;
+        for (size_t p = 0; p < npairs; p++) {
+            if (pairs[p].name_len == 8 && memcmp(pairs[p].name, "__name__", 8) == 0) {
+                name = pairs[p].value;
+                name_len = pairs[p].value_len;
+            }
+            if (symbol_ref(&table, pairs[p].name, pairs[p].name_len, &refs[nrefs]) < 0 ||
+                symbol_ref(&table, pairs[p].value, pairs[p].value_len, &refs[nrefs + 1]) < 0) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            refs_size += ep_varint_size(refs[nrefs]) + ep_varint_size(refs[nrefs + 1]);
+            nrefs += 2;
+        }
+        int typed = metric_type_of(types, type_of, name, name_len, &two->type);
+        if (typed == -3) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (typed < 0) goto done;
+        two->body = 1 + ep_varint_size(refs_size) + refs_size + one->body;
+        if (two->type) two->body += 1 + 1 + 1 + ep_varint_size(two->type);
+    }
+    size_t total = 0;
+    for (size_t k = 0; k < table.nsymbols; k++)
+        total += 1 + ep_varint_size(table.symbols[k].len) + table.symbols[k].len;
+    for (size_t k = 0; k < nseries; k++)
+        total += 1 + ep_varint_size(extra[k].body) + extra[k].body;
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (result == NULL) goto done;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(result);
+    for (size_t k = 0; k < table.nsymbols; k++) {
+        *p++ = 0x22;
+        p = ep_put_varint(p, table.symbols[k].len);
+        memcpy(p, table.symbols[k].text, table.symbols[k].len);
+        p += table.symbols[k].len;
+    }
+    for (size_t k = 0; k < nseries; k++) {
+        const OutSeries *one = &series[k];
+        const OutSeriesV2 *two = &extra[k];
+        *p++ = 0x2A;
+        p = ep_put_varint(p, two->body);
+        size_t refs_size = 0;
+        for (size_t r = 0; r < two->nrefs; r++)
+            refs_size += ep_varint_size(refs[two->refs_start + r]);
+        *p++ = 0x0A;
+        p = ep_put_varint(p, refs_size);
+        for (size_t r = 0; r < two->nrefs; r++) p = ep_put_varint(p, refs[two->refs_start + r]);
+        for (int32_t i = one->first; i >= 0; i = next[i]) {
+            *p++ = 0x12;
+            p = ep_put_varint(p, 1 + 8 + 1 + ep_varint_size(stamps[i]));
+            *p++ = 0x09;
+            memcpy(p, &values[i], 8); /* little-endian, as struct "<d" packs it */
+            p += 8;
+            *p++ = 0x10;
+            p = ep_put_varint(p, stamps[i]);
+        }
+        if (two->type) {
+            *p++ = 0x2A;
+            p = ep_put_varint(p, 1 + ep_varint_size(two->type));
+            *p++ = 0x08;
+            p = ep_put_varint(p, two->type);
+        }
+    }
+done:
+    free(slots);
+    free(series);
+    free(extra);
+    free(next);
+    free(stamps);
+    free(values);
+    free(table.symbols);
+    free(table.slots);
+    free(pairs);
+    free(refs);
+    Py_XDECREF(types);
+    Py_DECREF(sequence);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"encode_samples", module_encode_samples, METH_O,
      "forwarder.encode_batch's WriteRequest, before compression, for (labels, ms, value)."},
+    {"encode_samples_v2", module_encode_samples_v2, METH_VARARGS,
+     "wire.v2.encode_v2_samples for (labels, ms, value) and type_of; None: use Python's."},
     {"decode_labels", module_decode_labels, METH_O,
      "codec.decode_labels for label bytes in the plain form; None for any other."},
     {"encode_labels", module_encode_labels, METH_O, "codec.encode_labels."},
