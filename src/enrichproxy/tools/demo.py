@@ -47,7 +47,7 @@ from enrichproxy.config.schema import (
 )
 from enrichproxy.engine.explain import EXPLAIN_PATH
 from enrichproxy.metadata.admin import import_documents, read_documents
-from enrichproxy.model import Labels
+from enrichproxy.model import STALE_NAN, Labels
 from enrichproxy.server.app import create_app
 from enrichproxy.tools import loadgen
 from enrichproxy.wire.codec import compress, encode_labels, encode_write_request
@@ -286,6 +286,16 @@ async def worked_example(proxy: str, sink: str, config: Config) -> WorkedExample
             f"{proxy}{EXPLAIN_PATH}?{query}", headers={"Accept": "application/json"}
         ) as response:
             explanation = await response.json()
+        # The example's sender goes away, as Prometheus says it when a target does: with a
+        # staleness marker. A series that merely falls silent would hold the views' windows
+        # back for `idle_flush` (they wait for every input that still sends).
+        ended = [(encode_labels(labels), [(time.time_ns() // 1_000_000, STALE_NAN)])]
+        async with session.post(
+            f"{proxy}/api/v1/write",
+            data=compress(encode_write_request(ended)),
+            headers=loadgen.REMOTE_WRITE_HEADERS,
+        ) as response:
+            await response.read()
     return WorkedExample(
         series=WORKED_EXAMPLE_METRIC
         + "{"
