@@ -337,6 +337,16 @@ def test_a_queued_body_is_recognised_and_transcoded_either_way() -> None:
     assert decompress(again) == decompress(v2_body)
 
 
+def test_a_series_without_labels_reads_the_same_in_both_decoders() -> None:
+    """Found by the fuzzer: symbols [""] and one empty TimeSeries. The native reading gave
+    None for the labels that were never written out, the reference b""."""
+    data = bytes.fromhex("22002a00")
+    reference = v2.decode_v2_request(data)
+    series, _, _, _ = decode_v2_request_natively(data)
+    assert [(item.label_bytes, item.samples) for item in reference.series] == series
+    assert series == [(b"", [])]
+
+
 def test_fuzzer_finds_no_difference(tmp_path: Path) -> None:
     """A short libFuzzer run of tests/fuzz/fuzz_decoder_v2.py from its seeds (``make fuzz``
     runs longer); a failing input is left as crash-* in the working directory."""

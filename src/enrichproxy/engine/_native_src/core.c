@@ -1914,7 +1914,9 @@ static PyObject *Request_series(Request *request, PyObject *Py_UNUSED(ignored)) 
             }
             PyList_SET_ITEM(samples, k, pair);
         }
-        PyObject *item = Py_BuildValue("(y#N)", (const char *)series_labels(batch, buf, ref),
+        const char *labels = (const char *)series_labels(batch, buf, ref);
+        /* y# makes None of a NULL pointer: a series of no labels has none written out */
+        PyObject *item = Py_BuildValue("(y#N)", labels != NULL ? labels : "",
                                        (Py_ssize_t)ref->labels_len, samples);
         if (item == NULL) goto fail;
         PyList_SET_ITEM(list, (Py_ssize_t)i, item);
