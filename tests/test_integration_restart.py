@@ -52,8 +52,11 @@ LATENESS = "2s"
 RATE_RANGE = "20s"
 RUN_BEFORE_S = 25.0
 RUN_AFTER_S = 25.0
-MAX_DEVIATION = 0.05
-"""'A few percent': what one scrape round more or less at the edges of a 20 s range can make."""
+MAX_DEVIATION = 0.10
+"""'A few percent': what one scrape round more or less at the edges of a 20 s range can make
+(measured 0.4-6 %, the high end before any restart too, on a busy machine). What the test is
+for fails it many times over: a view that starts again after a restart read 79.6/s against the
+source's 16.1/s (+394 %)."""
 
 SOURCE_RATE = f"sum(rate(order_create_failed_total[{RATE_RANGE}]))"
 OUTPUT_RATE = f'sum(rate(order_create_failed_total{{view="business"}}[{RATE_RANGE}]))'
