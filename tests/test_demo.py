@@ -7,6 +7,7 @@ generator. Only the load is shorter.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -95,8 +96,13 @@ def test_demo_replays_the_worked_example_then_the_load_and_says_how_to_stay(
 def test_kept_running_the_printed_link_works_until_ctrl_c(tmp_path: Path) -> None:
     output = tmp_path / "demo.out"
     with output.open("w") as sink:
+        # Its own process group: if the test fails, the stack it started goes with it.
         process = subprocess.Popen(
-            [*DEMO, "--keep-running"], cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT
+            [*DEMO, "--keep-running"],
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         poll_until(
@@ -135,7 +141,7 @@ def test_kept_running_the_printed_link_works_until_ctrl_c(tmp_path: Path) -> Non
         process.wait(timeout=60)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     out = output.read_text()
     assert process.returncode == 0, out[-3000:]
