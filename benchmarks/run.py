@@ -873,7 +873,8 @@ def proxy_config(
     """conf/enrichproxy.yaml with its addresses pointed at this benchmark's parts.
 
     The aggregation settings are the file's unless ``--window`` / ``--lateness`` say otherwise.
-    ``durable`` adds a disk queue and the state file (with its input log next to it). The limits
+    ``durable`` adds a disk queue, the state file (with its input log next to it) and the
+    metadata snapshot, all in ``workdir``; without it nothing is kept on disk. The limits
     let one request of ``--big-series`` tiny series in (section (6)).
     """
     data: dict[str, Any] = yaml.safe_load(CONFIG_PATH.read_text())
@@ -882,10 +883,17 @@ def proxy_config(
     data["engine"] = engine
     data["metadata"]["mongodb_uri"] = mongo_uri
     data["remote_write"] = [{"url": f"{sink_url}/api/v1/write"}]
+    # The shipped file keeps its state under data/ of the working directory: a run must neither
+    # read what an earlier one left there (a 1 M-series checkpoint takes minutes to load) nor
+    # leave anything. The memory configuration keeps nothing on disk, the durable one keeps it
+    # all in this run's directory.
+    aggregation_state = data.setdefault("aggregation", {})
+    aggregation_state.pop("state_path", None)
+    data["metadata"].pop("snapshot_path", None)
     if durable:
         data["remote_write"][0]["queue"] = {"path": str(workdir / "queue")}
-        aggregation_state = data.setdefault("aggregation", {})
         aggregation_state["state_path"] = str(workdir / "state.json")
+        data["metadata"]["snapshot_path"] = str(workdir / "metadata.json")
     data["shutdown_timeout"] = PROXY_SHUTDOWN_TIMEOUT
     data["max_decoded_bytes"] = BIG_MAX_DECODED_BYTES
     data["limits"] = {"max_series_per_request": max(2 * args.big_series, 100_000)}
