@@ -48,6 +48,25 @@ def huge_body(timestamp_ms: int) -> bytes:
     return compress(encode_write_request(series))
 
 
+async def start_big_app(
+    mongo: MongoServer,
+    database: str,
+    sink: RecordingSink,
+    clients: list[TestClient[Any, Any]],
+    **sections: Any,
+) -> TestClient[Any, Any]:
+    """The app over a table of the huge request's pods (service "big") and pod "a" ("small"),
+    taking requests of up to 1 GiB decoded; ``sections`` as for config_for."""
+    await seed(
+        mongo.uri,
+        database,
+        [{"pod": f"p{p}", "service": "big"} for p in range(PODS)]
+        + [{"pod": "a", "service": "small"}],
+    )
+    config = config_for(mongo.uri, database, sink.url, max_decoded_bytes="1GiB", **sections)
+    return await start_app(config, clients)
+
+
 @pytest.mark.skipif(
     engine_kind() == "python", reason="the reference engine applies a request in one step"
 )
@@ -57,20 +76,9 @@ async def test_small_writes_are_answered_while_a_huge_one_is_applied(
     sink: RecordingSink,
     clients: list[TestClient[Any, Any]],
 ) -> None:
-    await seed(
-        mongo.uri,
-        mongo_db_name,
-        [{"pod": f"p{p}", "service": "big"} for p in range(PODS)]
-        + [{"pod": "a", "service": "small"}],
+    client = await start_big_app(
+        mongo, mongo_db_name, sink, clients, views=[{"name": "ops", "keep": ["service"]}]
     )
-    config = config_for(
-        mongo.uri,
-        mongo_db_name,
-        sink.url,
-        max_decoded_bytes="1GiB",
-        views=[{"name": "ops", "keep": ["service"]}],
-    )
-    client = await start_app(config, clients)
     await wait_until(lambda: is_ready(client))
     proxy = proxy_of(client)
     now = int(time.time() * 1000)
@@ -106,23 +114,16 @@ async def test_small_writes_are_applied_between_the_steps_of_a_large_flush(
     clients: list[TestClient[Any, Any]],
 ) -> None:
     """Closing the window of 200,000 series gives the engine to the writes between steps."""
-    await seed(
-        mongo.uri,
+    client = await start_big_app(
+        mongo,
         mongo_db_name,
-        [{"pod": f"p{p}", "service": "big"} for p in range(PODS)]
-        + [{"pod": "a", "service": "small"}],
-    )
-    config = config_for(
-        mongo.uri,
-        mongo_db_name,
-        sink.url,
-        max_decoded_bytes="1GiB",
+        sink,
+        clients,
         views=[{"name": "ops", "keep": ["service", "endpoint"]}],  # 4,001 output series
         # The huge request's series send nothing more: its window waits for them no longer
         # than this much sample time.
         aggregation={"idle_flush": "1s"},
     )
-    client = await start_app(config, clients)
     await wait_until(lambda: is_ready(client))
     proxy = proxy_of(client)
     engine = proxy.engine

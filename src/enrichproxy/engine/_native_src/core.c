@@ -2063,39 +2063,29 @@ typedef struct {
     size_t body;         /* the TimeSeries message's size */
 } OutSeries;
 
-/* encode_samples(samples): forwarder.encode_batch's WriteRequest (before compression) for a
- * sequence of (label bytes, timestamp ms, value): samples of one series grouped under it,
- * series in order of first appearance, samples in order. */
-static PyObject *module_encode_samples(PyObject *Py_UNUSED(module), PyObject *arg) {
-    PyObject *sequence = PySequence_Fast(arg, "samples must be a sequence");
-    if (sequence == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
-    size_t cap = 16;
-    while (cap < (size_t)n * 2) cap *= 2;
-    uint32_t *slots = calloc(cap, sizeof(uint32_t));
-    OutSeries *series = malloc((size_t)(n ? n : 1) * sizeof(OutSeries));
-    int32_t *next = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
-    uint64_t *stamps = malloc((size_t)(n ? n : 1) * sizeof(uint64_t));
-    double *values = malloc((size_t)(n ? n : 1) * sizeof(double));
-    PyObject *result = NULL;
+/* What both encoders first do: the samples of ``sequence`` (n tuples of label bytes,
+ * timestamp ms, value) grouped by series, in order of first appearance, through an open
+ * addressing table of ``cap`` slots (a power of two, over twice n). Per series, its samples
+ * are linked through next[] and ``body`` sums their fields' sizes, plus the label bytes'
+ * when ``with_labels`` (1.0 writes them whole in the TimeSeries; 2.0 writes references).
+ * -1 with a Python error for a malformed sample. */
+static int group_samples(PyObject *sequence, Py_ssize_t n, size_t cap, uint32_t *slots,
+                         OutSeries *series, int32_t *next, uint64_t *stamps, double *values,
+                         int with_labels, size_t *nseries_out) {
     size_t nseries = 0;
-    if (slots == NULL || series == NULL || next == NULL || stamps == NULL || values == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(sequence, i);
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
             PyErr_SetString(PyExc_TypeError, "a sample is (label bytes, timestamp, value)");
-            goto done;
+            return -1;
         }
         char *labels;
         Py_ssize_t labels_len;
-        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(item, 0), &labels, &labels_len) < 0) goto done;
+        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(item, 0), &labels, &labels_len) < 0) return -1;
         long long timestamp = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 1));
-        if (timestamp == -1 && PyErr_Occurred()) goto done;
+        if (timestamp == -1 && PyErr_Occurred()) return -1;
         double value = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 2));
-        if (value == -1.0 && PyErr_Occurred()) goto done;
+        if (value == -1.0 && PyErr_Occurred()) return -1;
         stamps[i] = (uint64_t)timestamp;
         values[i] = value;
         next[i] = -1;
@@ -2117,13 +2107,39 @@ static PyObject *module_encode_samples(PyObject *Py_UNUSED(module), PyObject *ar
             found->labels_len = labels_len;
             found->hash = hash;
             found->first = (int32_t)i;
-            found->body = (size_t)labels_len;
+            found->body = with_labels ? (size_t)labels_len : 0;
         } else {
             next[found->last] = (int32_t)i;
         }
         found->last = (int32_t)i;
         found->body += sample_field_size(stamps[i]);
     }
+    *nseries_out = nseries;
+    return 0;
+}
+
+/* encode_samples(samples): forwarder.encode_batch's WriteRequest (before compression) for a
+ * sequence of (label bytes, timestamp ms, value): samples of one series grouped under it,
+ * series in order of first appearance, samples in order. */
+static PyObject *module_encode_samples(PyObject *Py_UNUSED(module), PyObject *arg) {
+    PyObject *sequence = PySequence_Fast(arg, "samples must be a sequence");
+    if (sequence == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    size_t cap = 16;
+    while (cap < (size_t)n * 2) cap *= 2;
+    uint32_t *slots = calloc(cap, sizeof(uint32_t));
+    OutSeries *series = malloc((size_t)(n ? n : 1) * sizeof(OutSeries));
+    int32_t *next = malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    uint64_t *stamps = malloc((size_t)(n ? n : 1) * sizeof(uint64_t));
+    double *values = malloc((size_t)(n ? n : 1) * sizeof(double));
+    PyObject *result = NULL;
+    size_t nseries = 0;
+    if (slots == NULL || series == NULL || next == NULL || stamps == NULL || values == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (group_samples(sequence, n, cap, slots, series, next, stamps, values, 1, &nseries) < 0)
+        goto done;
     size_t total = 0;
     for (size_t k = 0; k < nseries; k++)
         total += 1 + ep_varint_size(series[k].body) + series[k].body;
@@ -2277,47 +2293,8 @@ static PyObject *module_encode_samples_v2(PyObject *Py_UNUSED(module), PyObject 
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(sequence, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
-            PyErr_SetString(PyExc_TypeError, "a sample is (label bytes, timestamp, value)");
-            goto done;
-        }
-        char *labels;
-        Py_ssize_t labels_len;
-        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(item, 0), &labels, &labels_len) < 0) goto done;
-        long long timestamp = PyLong_AsLongLong(PyTuple_GET_ITEM(item, 1));
-        if (timestamp == -1 && PyErr_Occurred()) goto done;
-        double value = PyFloat_AsDouble(PyTuple_GET_ITEM(item, 2));
-        if (value == -1.0 && PyErr_Occurred()) goto done;
-        stamps[i] = (uint64_t)timestamp;
-        values[i] = value;
-        next[i] = -1;
-        uint64_t hash = ep_hash((const uint8_t *)labels, (size_t)labels_len);
-        size_t at = hash & (cap - 1);
-        OutSeries *found = NULL;
-        for (; slots[at]; at = (at + 1) & (cap - 1)) {
-            OutSeries *candidate = &series[slots[at] - 1];
-            if (candidate->hash == hash && candidate->labels_len == labels_len &&
-                memcmp(candidate->labels, labels, (size_t)labels_len) == 0) {
-                found = candidate;
-                break;
-            }
-        }
-        if (found == NULL) {
-            found = &series[nseries++];
-            slots[at] = (uint32_t)nseries;
-            found->labels = labels;
-            found->labels_len = labels_len;
-            found->hash = hash;
-            found->first = (int32_t)i;
-            found->body = 0;
-        } else {
-            next[found->last] = (int32_t)i;
-        }
-        found->last = (int32_t)i;
-        found->body += sample_field_size(stamps[i]);
-    }
+    if (group_samples(sequence, n, cap, slots, series, next, stamps, values, 0, &nseries) < 0)
+        goto done;
     /* Each series' refs, symbols numbered in order of first use, and its type. */
     for (size_t k = 0; k < nseries; k++) {
         OutSeries *one = &series[k];
